@@ -1,0 +1,107 @@
+"""Building a model on the meta device and filling it from safetensors, with the dtype the user picked."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ModelFileError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHT_STORAGE = ("default", "fp8_e4m3fn")
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ModelFileError(f"Unknown precision '{name}'.", f"Use one of {', '.join(DTYPES)}.") from None
+
+
+@contextlib.contextmanager
+def _empty_parameters():
+    """Create parameters on the meta device; buffers (RoPE tables, position ids) stay real."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            p = module._parameters[name]
+            module._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def build_empty(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Instantiate a model without allocating its weights."""
+    with _empty_parameters():
+        return factory()
+
+
+def keep_fp32_names(model: nn.Module, dtype: torch.dtype) -> list[str]:
+    """Module names the upstream library keeps in float32 when loading in `dtype` (diffusers/transformers rules)."""
+    names = list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    if hasattr(model, "_keep_in_fp32_modules_strict"):  # transformers: the plain list applies to fp16 only
+        names = (names if dtype == torch.float16 else []) + list(model._keep_in_fp32_modules_strict or [])
+    return names if dtype != torch.float32 else []
+
+
+def fill(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype,
+         source: str, ignore: Callable[[str], bool] = lambda k: False) -> nn.Module:
+    """Assign `tensors` to the empty `model` in `dtype` (float32 for the modules upstream keeps in fp32).
+
+    Every parameter must be provided; unknown keys are an error unless `ignore(key)` is true.
+    """
+    keep = keep_fp32_names(model, dtype)
+    expected = dict(model.state_dict(keep_vars=True))
+    loaded, unexpected = {}, []
+    for key, t in tensors:
+        if key not in expected:
+            if not ignore(key):
+                unexpected.append(key)
+            continue
+        want = expected[key]
+        if tuple(t.shape) != tuple(want.shape):
+            raise ModelFileError(
+                f"{source}: tensor '{key}' has shape {tuple(t.shape)}, the model expects {tuple(want.shape)}.",
+                "The file is for a different model size or variant; pick the matching file.")
+        target = torch.float32 if any(k in key.split(".") for k in keep) else dtype
+        loaded[key] = t.to(target) if t.is_floating_point() else t
+    model.load_state_dict(loaded, strict=False, assign=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    missing = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if missing or unexpected:
+        raise ModelFileError(
+            f"{source}: the weights do not fit the model ({len(missing)} missing, e.g. {missing[:3]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}).",
+            "The file is incomplete or for another architecture; check it against models_manifest.json.")
+    return model.eval().requires_grad_(False)
+
+
+class Fp8StorageLinear(nn.Linear):
+    """A Linear whose weight is stored in float8 and upcast to the input's dtype for each matmul."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return nn.functional.linear(x, self.weight.to(x.dtype), bias)
+
+
+def store_fp8(model: nn.Module, skip: Iterable[str] = ()) -> nn.Module:
+    """Store the weights of every Linear in float8_e4m3fn (half of bf16's memory); compute stays in the
+    activations' dtype. Linears whose name contains one of `skip` are left alone."""
+    skip = tuple(skip)
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear and not any(s in name.split(".") for s in skip):
+            module.weight = nn.Parameter(module.weight.data.to(torch.float8_e4m3fn), requires_grad=False)
+            module.__class__ = Fp8StorageLinear
+    return model

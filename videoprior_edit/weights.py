@@ -1,0 +1,173 @@
+"""Reading weight files safely: safetensors only, sharded or single, with ComfyUI fp8_scaled dequantisation.
+
+Nothing here builds a model; it gives keys, shapes and tensors. Pickle files (.ckpt/.pt/.pth/.bin) are refused
+before a byte of them is unpickled, and truncated files are caught from the header before loading.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+
+from .errors import ModelFileError
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+_MAX_HEADER = 200 * 1024 * 1024
+# ComfyUI's fp8_scaled files: a marker tensor plus a per-layer scale next to each fp8 weight.
+FP8_MARKER = "scaled_fp8"
+_FP8_SCALE_SUFFIXES = (".scale_weight", ".scale_input")
+# Newer quantisation layouts we do not dequantise (refused with a message rather than loaded wrong).
+_UNSUPPORTED_QUANT_SUFFIXES = (".weight_scale", ".comfy_quant", ".input_scale", ".weight_scale_2")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+
+
+def refuse_pickle(path: Path) -> None:
+    """Raise if `path` is a pickle-based checkpoint (by suffix or by its first bytes)."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelFileError(
+            f"'{path.name}' is a pickle checkpoint ({path.suffix}); this pack never loads pickle files because "
+            "they can run arbitrary code.",
+            "Download the .safetensors version of this model (see models_manifest.json or "
+            "`videoprior-edit models check`), or convert it yourself in a trusted environment.",
+        )
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            raise ModelFileError(
+                f"'{path.name}' is a pickle/zip checkpoint saved under a .safetensors name; it is refused.",
+                "Use a real .safetensors file from the model's official source.",
+            )
+        if head == b"GGUF":
+            raise ModelFileError(
+                f"'{path.name}' is a GGUF file; this pack loads safetensors only.",
+                "Use the fp16/bf16 or fp8_scaled .safetensors file of the same model.",
+            )
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse a safetensors header without loading tensors; detect truncated or corrupted files."""
+    refuse_pickle(path)
+    if not path.is_file():
+        raise ModelFileError(f"Weight file not found: {path}", "Check the path or the ComfyUI models folder.")
+    size = path.stat().st_size
+    fix = "Delete it and download it again (`videoprior-edit models download` resumes and verifies)."
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ModelFileError(f"'{path.name}' is empty or truncated ({size} bytes).", fix)
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(size - 8, _MAX_HEADER):
+            raise ModelFileError(f"'{path.name}' is not a valid safetensors file (bad header length).", fix)
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelFileError(f"'{path.name}' has a corrupted safetensors header ({e}).", fix) from None
+    meta = header.pop("__metadata__", None) or {}
+    infos, end = {}, 0
+    for key, entry in header.items():
+        dtype = _DTYPES.get(entry.get("dtype"))
+        if dtype is None:
+            raise ModelFileError(f"'{path.name}': tensor '{key}' has unsupported dtype {entry.get('dtype')}.")
+        infos[key] = TensorInfo(dtype, tuple(entry["shape"]), path)
+        end = max(end, entry["data_offsets"][1])
+    if 8 + n + end > size:
+        raise ModelFileError(
+            f"'{path.name}' is truncated: the header describes {8 + n + end:,} bytes but the file has {size:,} "
+            "(an interrupted download?).", fix)
+    return infos, meta
+
+
+def find_shards(path: Path) -> list[Path]:
+    """The safetensors files that make up one checkpoint: a file, an index json, or a folder of shards."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith(".index.json"):
+        index = json.loads(path.read_text())
+        return [path.parent / name for name in sorted(set(index["weight_map"].values()))]
+    if path.is_file():
+        refuse_pickle(path)
+        return [path]
+    if path.is_dir():
+        indexes = sorted(path.glob("*.safetensors.index.json"))
+        if len(indexes) == 1:
+            return find_shards(indexes[0])
+        files = sorted(path.glob("*.safetensors"))
+        if files:
+            return files
+        pickles = [p for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        if pickles:
+            refuse_pickle(pickles[0])
+        raise ModelFileError(f"No .safetensors weights in folder {path}.",
+                             "Point to a ComfyUI single file, a diffusers folder or an official sharded folder.")
+    raise ModelFileError(f"Model path does not exist: {path}",
+                         "Check the name; `videoprior-edit models check` lists where each file should go.")
+
+
+class WeightFile:
+    """One checkpoint (possibly sharded): keys and shapes from the headers, tensors loaded one at a time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.shards = find_shards(self.path)
+        self.infos: dict[str, TensorInfo] = {}
+        self.metadata: dict[str, str] = {}
+        for shard in self.shards:
+            infos, meta = read_header(shard)
+            self.infos.update(infos)
+            self.metadata.update(meta)
+        self.fp8_scaled = FP8_MARKER in self.infos
+        odd = [k for k in self.infos if k.endswith(_UNSUPPORTED_QUANT_SUFFIXES)]
+        if odd:
+            raise ModelFileError(
+                f"'{self.path.name}' uses a quantisation layout this pack does not dequantise (e.g. '{odd[0]}').",
+                "Use the fp16/bf16 file or ComfyUI's *_fp8_scaled / plain fp8_e4m3fn file of the same model.")
+
+    def keys(self) -> list[str]:
+        """Tensor names, without fp8_scaled bookkeeping tensors."""
+        return [k for k in self.infos if k != FP8_MARKER and not k.endswith(_FP8_SCALE_SUFFIXES)]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.infos[key].shape
+
+    def tensors(self, keys: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (key, tensor) one at a time; fp8_scaled weights come back dequantised to float32."""
+        wanted = set(self.keys() if keys is None else keys)
+        for shard in self.shards:
+            with safe_open(str(shard), framework="pt") as f:
+                names = set(f.keys())
+                for key in f.keys():
+                    if key not in wanted:
+                        continue
+                    t = f.get_tensor(key)
+                    scale = key[: -len(".weight")] + ".scale_weight" if key.endswith(".weight") else None
+                    if self.fp8_scaled and scale in names:
+                        t = t.to(torch.float32) * f.get_tensor(scale).to(torch.float32)
+                    yield key, t
+
+    def state_dict(self, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+        return dict(self.tensors(keys))
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write safetensors (contiguous copies; the caller's tensors are not touched)."""
+    from safetensors.torch import save_file as _save
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _save({k: v.detach().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)

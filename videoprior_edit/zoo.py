@@ -1,0 +1,222 @@
+"""The tiny zoo: random-weight models with the real architectures, written in the layouts real weights use.
+
+`write_zoo(root)` writes
+  root/models/...            a ComfyUI models tree of single files (original Wan key layout, `spiece_model` inside
+                             the UMT5 file, CLIP in transformers layout), as artists have them;
+  root/diffusers/...         diffusers pipeline folders of the same weights (`save_pretrained` layout);
+  root/official/...          the official sharded Wan2.2-I2V-A14B layout (high/low_noise_model shards + index).
+Every layout holds the same tensors for a seed, so tests can compare loads across layouts exactly.
+Command: `videoprior-edit zoo --out DIR`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .models.configs import config_data, sized_config
+from .models.wan_keys import wan_key_to_original, wan_vae_key_to_original
+from .weights import save_file
+
+CORPUS = [
+    "a woman holds a paper card in her hand and looks at the camera",
+    "she releases her grip and the card floats out of frame",
+    "hands become empty, lighting and pose unchanged",
+    "a red cat sits on a wooden chair near the window",
+    "the sky turns orange as the sun sets behind the mountains",
+    "make the car blue, keep the background and the lighting",
+    "a man in a black coat walks through the snowy street at night",
+    "the cup of coffee slowly fills with steam, soft morning light",
+]
+FILES = {
+    "wan22_i2v_high": "diffusion_models/tiny_wan2.2_i2v_high_noise_14B_fp32.safetensors",
+    "wan22_i2v_low": "diffusion_models/tiny_wan2.2_i2v_low_noise_14B_fp32.safetensors",
+    "wan21_t2v": "diffusion_models/tiny_wan2.1_t2v_1.3B_fp32.safetensors",
+    "wan21_i2v": "diffusion_models/tiny_wan2.1_i2v_480p_14B_fp32.safetensors",
+    "wan21_flf2v": "diffusion_models/tiny_wan2.1_flf2v_720p_14B_fp32.safetensors",
+    "umt5": "text_encoders/tiny_umt5_xxl_fp32.safetensors",
+    "vae": "vae/tiny_wan_2.1_vae.safetensors",
+    "clip_vision": "clip_vision/tiny_clip_vision_h.safetensors",
+}
+
+
+@dataclass
+class Zoo:
+    """Paths of a written zoo."""
+
+    root: Path
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def file(self, name: str) -> Path:
+        return self.models / FILES[name]
+
+    @property
+    def wan22_i2v_diffusers(self) -> Path:
+        return self.root / "diffusers" / "Wan2.2-I2V-A14B-tiny"
+
+    @property
+    def wan21_i2v_diffusers(self) -> Path:
+        return self.root / "diffusers" / "Wan2.1-I2V-14B-tiny"
+
+    @property
+    def wan22_i2v_official(self) -> Path:
+        return self.root / "official" / "Wan2.2-I2V-A14B-tiny"
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Deterministic random weights; norms get noise too so a swapped key cannot go unnoticed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(module.named_parameters(), key=lambda kv: kv[0]):
+            p.copy_(p + 0.05 * torch.randn(p.shape, generator=gen))
+    return module.eval()
+
+
+def tiny_spiece_model() -> bytes:
+    """A small unigram sentencepiece model trained offline (the layout of UMT5's spiece.model)."""
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20), model_writer=out, vocab_size=200, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False,
+        num_threads=1, minloglevel=2)
+    return out.getvalue()
+
+
+def tiny_wan_transformer(family: str, seed: int):
+    from diffusers import WanTransformer3DModel
+
+    data = config_data("wan_transformer")
+    config = {**data["base"], **data["sizes"]["tiny"], "in_channels": data["families"][family]["in_channels"]}
+    config.pop("test_only")
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    if data["families"][family]["image_encoder"]:
+        config["added_kv_proj_dim"] = dim
+        config["image_dim"] = sized_config("clip_vision", "tiny")["hidden_size"]
+        if data["families"][family]["flf2v"]:
+            config["pos_embed_seq_len"] = 2 * 257
+    else:
+        config["image_dim"] = None
+    torch.manual_seed(seed)
+    return _randomise(WanTransformer3DModel(**config), seed)
+
+
+def tiny_umt5(seed: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    return _randomise(UMT5EncoderModel(UMT5Config(**sized_config("umt5", "tiny"))), seed)
+
+
+def tiny_vae(seed: int):
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return _randomise(AutoencoderKLWan(**sized_config("wan_vae", "tiny")), seed)
+
+
+def tiny_clip_vision(seed: int):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    return _randomise(CLIPVisionModelWithProjection(CLIPVisionConfig(**sized_config("clip_vision", "tiny"))), seed)
+
+
+def _original_wan(model) -> dict[str, torch.Tensor]:
+    return {wan_key_to_original(k): v for k, v in model.state_dict().items()}
+
+
+def _write_official(model, folder: Path, family: str, shards: int = 2) -> None:
+    """Official Wan repo layout: original keys in shards + index json + the original `config.json`."""
+    sd = _original_wan(model)
+    keys = sorted(sd)
+    per = (len(keys) + shards - 1) // shards
+    weight_map = {}
+    for i in range(shards):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: sd[k] for k in keys[i * per:(i + 1) * per]}
+        save_file(part, folder / name)
+        weight_map.update(dict.fromkeys(part, name))
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    c = model.config
+    (folder / "config.json").write_text(json.dumps({
+        "_class_name": "WanModel", "model_type": family, "dim": c.num_attention_heads * c.attention_head_dim,
+        "in_dim": c.in_channels, "out_dim": c.out_channels, "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim,
+        "num_heads": c.num_attention_heads, "num_layers": c.num_layers, "text_len": 512, "eps": c.eps}, indent=2))
+
+
+def _tokenizer(spiece: bytes):
+    from .tokenizer import tokenizer_from_spiece
+
+    return tokenizer_from_spiece(spiece)
+
+
+def _save_tokenizer(spiece: bytes, folder: Path) -> None:
+    _tokenizer(spiece).save_pretrained(str(folder))
+    (folder / "spiece.model").write_bytes(spiece)
+
+
+def write_zoo(root: str | Path, seed: int = 0) -> Zoo:
+    """Write the whole tiny zoo under `root` (a few MB, a few seconds) and return its paths."""
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+
+    zoo = Zoo(Path(root))
+    high, low = tiny_wan_transformer("i2v-a14b", seed + 1), tiny_wan_transformer("i2v-a14b", seed + 2)
+    t2v = tiny_wan_transformer("t2v", seed + 3)
+    i2v, flf2v = tiny_wan_transformer("i2v", seed + 4), tiny_wan_transformer("flf2v", seed + 5)
+    umt5, vae, clip = tiny_umt5(seed + 6), tiny_vae(seed + 7), tiny_clip_vision(seed + 8)
+    spiece = tiny_spiece_model()
+
+    # ComfyUI models tree: single files in the layouts ComfyUI's repackaged files use.
+    for name, model in (("wan22_i2v_high", high), ("wan22_i2v_low", low), ("wan21_t2v", t2v),
+                        ("wan21_i2v", i2v), ("wan21_flf2v", flf2v)):
+        save_file(_original_wan(model), zoo.file(name))
+    te = dict(umt5.state_dict())
+    te.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight; ComfyUI files store it once
+    te["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
+    save_file(te, zoo.file("umt5"))
+    nrb = vae.config.num_res_blocks
+    save_file({wan_vae_key_to_original(k, nrb): v for k, v in vae.state_dict().items()}, zoo.file("vae"))
+    save_file(clip.state_dict(), zoo.file("clip_vision"))
+    for sub in ("loras", "LLM"):
+        (zoo.models / sub).mkdir(parents=True, exist_ok=True)
+
+    # diffusers pipeline folders.
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        num_train_timesteps=1000, flow_shift=5.0)
+    WanImageToVideoPipeline(tokenizer=_tokenizer(spiece), text_encoder=umt5, vae=vae, scheduler=scheduler,
+                            transformer=high, transformer_2=low, boundary_ratio=0.9).save_pretrained(
+        str(zoo.wan22_i2v_diffusers))
+    from .models.wan import clip_image_processor
+
+    WanImageToVideoPipeline(tokenizer=_tokenizer(spiece), text_encoder=umt5, vae=vae, scheduler=scheduler,
+                            transformer=i2v, image_encoder=_as_vision_model(clip),
+                            image_processor=clip_image_processor()).save_pretrained(str(zoo.wan21_i2v_diffusers))
+    for d in (zoo.wan22_i2v_diffusers, zoo.wan21_i2v_diffusers):
+        (d / "tokenizer" / "spiece.model").write_bytes(spiece)
+
+    # Official sharded repo layout.
+    _write_official(high, zoo.wan22_i2v_official / "high_noise_model", "i2v")
+    _write_official(low, zoo.wan22_i2v_official / "low_noise_model", "i2v")
+    (zoo.root / "zoo.json").write_text(json.dumps({"seed": seed, "files": FILES}, indent=2))
+    return zoo
+
+
+def _as_vision_model(clip_with_projection):
+    """The same weights as a plain `CLIPVisionModel` (what diffusers' Wan I2V pipelines use)."""
+    from transformers import CLIPVisionModel
+
+    model = CLIPVisionModel(clip_with_projection.config)
+    sd = clip_with_projection.state_dict()
+    model.load_state_dict({k[len("vision_model."):]: v for k, v in sd.items() if k.startswith("vision_model.")})
+    return model.eval()
