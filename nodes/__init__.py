@@ -1,0 +1,9 @@
+"""ComfyUI nodes of VideoPrior Edit: thin adapters over the `videoprior_edit` library."""
+
+from . import loaders
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+for _module in (loaders,):
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

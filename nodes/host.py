@@ -1,0 +1,115 @@
+"""The one bridge to ComfyUI: device, model folders, progress with Cancel, freeing ComfyUI's models.
+
+Everything else in the pack asks this module; without ComfyUI it falls back to torch, a plain `models/` folder
+(VPE_MODELS_DIR or ./models) and tqdm, so the nodes run from Python and in tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..videoprior_edit.errors import ModelFileError
+from ..videoprior_edit.folders import KINDS, ModelFolders, list_models_in
+
+try:  # ComfyUI present
+    import comfy.model_management as _mm
+    import comfy.utils as _cu
+    import folder_paths as _fp
+except ImportError:  # plain Python, tests, CLI
+    _mm = _cu = _fp = None
+
+
+def in_comfyui() -> bool:
+    return _fp is not None
+
+
+def device() -> torch.device:
+    """Where models run: ComfyUI's choice inside ComfyUI, else CUDA, MPS or CPU."""
+    if _mm is not None:
+        return _mm.get_torch_device()
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class _ComfyFolders:
+    """ModelFolders backed by ComfyUI's folder_paths (extra_model_paths.yaml included)."""
+
+    def list(self, kind: str) -> list[str]:
+        names = set()
+        for sub in KINDS[kind]:
+            if sub in _fp.folder_names_and_paths:
+                for base in _fp.get_folder_paths(sub):
+                    names.update(list_models_in(Path(base)))
+        return sorted(names)
+
+    def path(self, kind: str, name: str) -> Path:
+        if Path(name).is_absolute():
+            return ModelFolders("/").path(kind, name)
+        for sub in KINDS[kind]:
+            if sub not in _fp.folder_names_and_paths:
+                continue
+            full = _fp.get_full_path(sub, name)
+            if full:
+                return Path(full)
+            for base in _fp.get_folder_paths(sub):
+                if (Path(base) / name).exists():
+                    return Path(base) / name
+        raise ModelFileError(f"Model '{name}' not found in ComfyUI's '{KINDS[kind][0]}' folders.",
+                             f"Put it in ComfyUI/models/{KINDS[kind][0]} and press 'r' to refresh the lists.")
+
+
+def folders():
+    """The model folders: ComfyUI's inside ComfyUI, else $VPE_MODELS_DIR or ./models."""
+    if _fp is not None:
+        if "LLM" not in _fp.folder_names_and_paths:
+            _fp.add_model_folder_path("LLM", os.path.join(_fp.models_dir, "LLM"))
+        return _ComfyFolders()
+    return ModelFolders(os.environ.get("VPE_MODELS_DIR", "models"))
+
+
+def model_choices(kind: str, optional: bool = False) -> list[str]:
+    """Dropdown entries for a model input ('none' first when the input is optional)."""
+    names = folders().list(kind)
+    return (["none"] if optional else []) + (names or ([] if optional else ["(no files found)"]))
+
+
+def check_cancel() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel."""
+    if _mm is not None:
+        _mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """Progress bar that also cancels: call it once per step (ComfyUI bar + interrupt check, or tqdm)."""
+
+    def __init__(self, total: int, desc: str = "VideoPrior Edit"):
+        self.total = total
+        if _cu is not None:
+            self._bar = _cu.ProgressBar(total)
+        else:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, leave=False)
+
+    def __call__(self, n: int = 1) -> None:
+        check_cancel()
+        self._bar.update(n)
+
+    def close(self) -> None:
+        if hasattr(self._bar, "close"):
+            self._bar.close()
+
+
+def free_memory() -> None:
+    """Before loading big models: unload ComfyUI's own models and empty the CUDA cache."""
+    if _mm is not None:
+        _mm.unload_all_models()
+        _mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
