@@ -1,0 +1,34 @@
+"""Shared fixtures: the tiny zoo written once per session, and the pack imported the way ComfyUI imports it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the pack may touch the Hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    from videoprior_edit.zoo import write_zoo
+
+    return write_zoo(tmp_path_factory.mktemp("zoo"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The repository folder imported as a package under a folder-like name, as ComfyUI's loader does."""
+    name = "comfyui-videoprior-edit"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
