@@ -1,0 +1,105 @@
+"""models_manifest.json, the check/download commands (on the tiny zoo), and the demo command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from videoprior_edit.errors import ModelFileError
+from videoprior_edit.manifest import check, download, format_report, load_manifest, zoo_manifest
+
+REQUIRED = {"id", "name", "architecture", "purpose", "folder", "file", "source", "size_bytes", "sha256", "license"}
+
+
+def test_pack_manifest_is_complete():
+    entries = load_manifest()
+    ids = [e["id"] for e in entries]
+    assert len(ids) == len(set(ids))
+    for e in entries:
+        assert REQUIRED <= e.keys(), e["id"]
+        assert e["folder"] in {"diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM"}
+        assert e["file"].endswith(".safetensors") or e["file"].endswith((".json", ".txt", ".model")), e["file"]
+        assert e["source"]["repo"].count("/") == 1 and e["source"]["path"]
+        assert e["sha256"] is None or len(e["sha256"]) == 64
+    files = {e["file"] for e in entries}
+    for needed in ("wan2.2_i2v_high_noise_14B_fp16.safetensors", "wan2.2_i2v_low_noise_14B_fp16.safetensors",
+                   "umt5_xxl_fp16.safetensors", "wan_2.1_vae.safetensors", "clip_vision_h.safetensors"):
+        assert needed in files
+
+
+def _zoo_copy(zoo, tmp_path):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(zoo.models, models)
+    return models, zoo_manifest(models)
+
+
+def test_check_reports_ok_missing_size_and_checksum(zoo, tmp_path):
+    models, entries = _zoo_copy(zoo, tmp_path)
+    assert {r.status for r in check(models, entries, verify_sha=True)} == {"ok"}
+    by_file = {e["file"]: e for e in entries}
+    (models / "vae" / "tiny_wan_2.1_vae.safetensors").unlink()
+    te = models / "text_encoders" / "tiny_umt5_xxl_fp32.safetensors"
+    te.write_bytes(te.read_bytes()[:-10])
+    clip = models / "clip_vision" / "tiny_clip_vision_h.safetensors"
+    data = bytearray(clip.read_bytes())
+    data[-1] ^= 0xFF
+    clip.write_bytes(bytes(data))
+    results = {r.entry["file"]: r for r in check(models, entries, verify_sha=True)}
+    assert results["tiny_wan_2.1_vae.safetensors"].status == "missing"
+    assert results["tiny_umt5_xxl_fp32.safetensors"].status == "wrong_size"
+    assert results["tiny_clip_vision_h.safetensors"].status == "bad_checksum"
+    assert results["tiny_wan2.1_t2v_1.3B_fp32.safetensors"].status == "ok"
+    report = format_report(list(results.values()))
+    assert "MISSING  vae/tiny_wan_2.1_vae.safetensors" in report
+    assert "https://huggingface.co/local/tiny-zoo/resolve/main/vae/tiny_wan_2.1_vae.safetensors" in report
+    assert by_file["tiny_wan_2.1_vae.safetensors"]["id"] in report.split("download")[1]
+
+
+def test_download_never_touches_a_good_file_and_fails_clearly_offline(zoo, tmp_path, monkeypatch):
+    models, entries = _zoo_copy(zoo, tmp_path)
+    good = next(e for e in entries if e["folder"] == "vae")
+    path = models / "vae" / good["file"]
+    stamp = path.stat().st_mtime_ns
+    assert download(good, models).status == "ok"  # no network needed, nothing rewritten
+    assert path.stat().st_mtime_ns == stamp
+    path.unlink()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFileError, match="Could not download") as e:
+        download(good, models)
+    assert "by hand" in str(e.value) and str(models / "vae") in str(e.value)
+
+
+def test_check_command_exit_codes(zoo, tmp_path):
+    models, entries = _zoo_copy(zoo, tmp_path)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"version": 1, "models": entries}))
+    cmd = [sys.executable, "-m", "videoprior_edit.cli", "models", "check", "--models", str(models),
+           "--manifest", str(manifest)]
+    ok = subprocess.run(cmd + ["--sha256"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.count("ok ") == len(entries)
+    (models / "vae" / "tiny_wan_2.1_vae.safetensors").unlink()
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode == 1 and "MISSING" in bad.stdout
+    unknown = subprocess.run(cmd + ["no-such-model"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "Unknown model id" in unknown.stderr
+
+
+def test_demo_command_writes_outputs(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "videoprior_edit.cli", "demo", "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["prompt_embeddings_shape"] == [1, 512, 32]
+    assert report["source_latent_shape"] == [1, 16, 1, 8, 8]
+    assert "Wan2.2-I2V-A14B" in report["model_set"][0]
+    assert (tmp_path / "out" / "source.png").is_file() and str(tmp_path / "out" / "report.json") in run.stdout
+    missing = subprocess.run([sys.executable, "-m", "videoprior_edit.cli", "demo", "--models", str(tmp_path),
+                              "--out", str(tmp_path / "o2")], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "wan2.2_i2v_high_noise_14B_fp16.safetensors" in missing.stderr
