@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,27 @@ def _save_tokenizer(spiece: bytes, folder: Path) -> None:
 
 def write_zoo(root: str | Path, seed: int = 0) -> Zoo:
     """Write the whole tiny zoo under `root` (a few MB, a few seconds) and return its paths."""
+    with _quiet():
+        return _write_zoo(Path(root), seed)
+
+
+@contextmanager
+def _quiet():
+    """No per-shard progress bars or backend notices from transformers while writing test models."""
+    from transformers.utils import logging as tlog
+
+    level, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def _write_zoo(root: Path, seed: int) -> Zoo:
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
 
     zoo = Zoo(Path(root))
