@@ -1,9 +1,9 @@
 """The pack inside a real ComfyUI server (skipped unless COMFYUI_PATH points to a ComfyUI checkout).
 
 Setup (outside this repository): a ComfyUI clone, its requirements and this pack's requirements in the Python
-that runs it (COMFYUI_PYTHON, default: this interpreter). The test links the pack into custom_nodes/ for the
-run, points ComfyUI at the tiny zoo with an extra_model_paths file, starts `main.py --cpu` on a free loopback
-port and reads /object_info.
+that runs it (COMFYUI_PYTHON, default: this interpreter). The test links the pack into custom_nodes/ of a
+run inside a temporary --base-directory whose models/ is the tiny zoo (the ComfyUI checkout is not touched),
+starts `main.py --cpu` on a free loopback port and reads /object_info.
 """
 
 from __future__ import annotations
@@ -33,19 +33,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(zoo, tmp_path_factory):
     comfy = Path(COMFYUI)
-    link = comfy / "custom_nodes" / "comfyui-videoprior-edit"
-    made_link = not link.exists()
-    if made_link:
-        link.symlink_to(REPO, target_is_directory=True)
-    extra = tmp_path_factory.mktemp("comfy") / "extra_model_paths.yaml"
-    extra.write_text("tiny_zoo:\n    base_path: %s\n" % zoo.models + "".join(
-        f"    {k}: {k}/\n" for k in ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras")))
+    base = tmp_path_factory.mktemp("comfy_base")  # keeps the ComfyUI checkout untouched
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "comfyui-videoprior-edit").symlink_to(REPO, target_is_directory=True)
+    (base / "models").symlink_to(zoo.models, target_is_directory=True)
     port = _free_port()
     log = tmp_path_factory.mktemp("comfy") / "server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-             "--port", str(port), "--extra-model-paths-config", str(extra)],
+             "--port", str(port), "--base-directory", str(base), "--disable-api-nodes"],
             cwd=comfy, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -63,8 +60,6 @@ def server(zoo, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        if made_link:
-            link.unlink()
 
 
 def _get(url: str) -> dict:

@@ -4,7 +4,8 @@
   root/models/...            a ComfyUI models tree of single files (original Wan key layout, `spiece_model` inside
                              the UMT5 file, CLIP in transformers layout), as artists have them;
   root/diffusers/...         diffusers pipeline folders of the same weights (`save_pretrained` layout);
-  root/official/...          the official sharded Wan2.2-I2V-A14B layout (high/low_noise_model shards + index).
+  root/official/...          the official sharded Wan2.2-I2V-A14B layout (high/low_noise_model shards + index);
+  plus a tiny FLUX.1 (transformer, CLIP-L, T5-XXL, VAE, tokenizer folders) in both layouts (`zoo_flux.py`).
 Every layout holds the same tensors for a seed, so tests can compare loads across layouts exactly.
 Command: `videoprior-edit zoo --out DIR`.
 """
@@ -69,6 +70,13 @@ class Zoo:
     @property
     def wan22_i2v_official(self) -> Path:
         return self.root / "official" / "Wan2.2-I2V-A14B-tiny"
+
+    @property
+    def flux(self) -> dict[str, Path]:
+        """FLUX.1 component paths (single files, tokenizer folders, the diffusers folder)."""
+        from .zoo_flux import flux_zoo_paths
+
+        return flux_zoo_paths(self.root)
 
 
 def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -230,6 +238,9 @@ def _write_zoo(root: Path, seed: int) -> Zoo:
     # Official sharded repo layout.
     _write_official(high, zoo.wan22_i2v_official / "high_noise_model", "i2v")
     _write_official(low, zoo.wan22_i2v_official / "low_noise_model", "i2v")
+    from .zoo_flux import write_flux_zoo
+
+    write_flux_zoo(zoo.root, seed)
     (zoo.root / "zoo.json").write_text(json.dumps({"seed": seed, "files": FILES}, indent=2))
     return zoo
 

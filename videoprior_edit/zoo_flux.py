@@ -86,7 +86,8 @@ def vae_key_to_ldm(key: str, num_blocks: int) -> str:
         (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
         (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
          lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.block.{m[2]}."),
-        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.upsample."),
+        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+         lambda m: f"decoder.up.{num_blocks - 1 - int(m[1])}.upsample."),
         (r"^(encoder|decoder)\.mid_block\.resnets\.(\d+)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
         (r"^(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.",
          lambda m: f"{m[1]}.mid.attn_1.{_VAE_ATTN[m[2]]}."),
@@ -184,17 +185,22 @@ def write_t5_tokenizer_files(folder: Path, spiece: bytes) -> None:
 
 
 # ------------------------------------------------------------------------------------- the zoo
-def write_flux_zoo(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write the tiny FLUX.1 zoo under `root` (well under a MB, about a second) and return its paths."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-    from transformers import T5Tokenizer
-
-    root = Path(root)
-    models = root / "models"
+def flux_zoo_paths(root: str | Path) -> dict[str, Path]:
+    """Where `write_flux_zoo(root)` puts each FLUX component."""
+    models = Path(root) / "models"
     paths = {name: models / rel for name, rel in FLUX_FILES.items()}
     tok_root = models / "text_encoders" / "flux_tokenizers"
     paths.update(models=models, clip_l_tokenizer=tok_root / "clip_l", t5xxl_tokenizer=tok_root / "t5xxl",
-                 diffusers=root / "diffusers" / "FLUX.1-dev-tiny")
+                 diffusers=Path(root) / "diffusers" / "FLUX.1-dev-tiny")
+    return paths
+
+
+def write_flux_zoo(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Write the tiny FLUX.1 zoo under `root` (about 3.5 MB, under a second once imports are warm); return its paths."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import T5Tokenizer
+
+    paths = flux_zoo_paths(root)
 
     transformer, schnell = tiny_flux_transformer(seed + 11), tiny_flux_transformer(seed + 12, guidance=False)
     clip, t5, vae = tiny_clip_l(seed + 13), tiny_t5xxl(seed + 14), tiny_flux_vae(seed + 15)
