@@ -14,6 +14,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def assert_same(a, b) -> None:
+    """Two modules hold exactly the same tensors (keys, dtypes, values)."""
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype, k
+        assert torch.equal(sa[k], sb[k]), k
+
+
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory):
     from videoprior_edit.zoo import write_zoo

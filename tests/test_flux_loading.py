@@ -8,6 +8,7 @@ import shutil
 import struct
 
 import pytest
+from conftest import assert_same
 import torch
 
 from videoprior_edit.errors import ModelFileError
@@ -26,14 +27,6 @@ PROMPTS = ["a red cat sits on a wooden chair near the window",
 @pytest.fixture(scope="module")
 def fz(zoo):
     return zoo.flux
-
-
-def assert_same(a: torch.nn.Module, b: torch.nn.Module):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert sa[k].dtype == sb[k].dtype, k
-        assert torch.equal(sa[k], sb[k]), k
 
 
 def real_meta(component: str):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pickle
-import shutil
 import socket
 
 import pytest
+from conftest import assert_same
 import torch
 
 from videoprior_edit.errors import ModelFileError
@@ -15,14 +15,6 @@ from videoprior_edit.models.wan import (inspect_wan, load_clip_vision, load_umt5
                                         load_wan_vae)
 from videoprior_edit.models.wan_keys import wan_key_to_original, wan_vae_key_to_original
 from videoprior_edit.weights import WeightFile, save_file
-
-
-def assert_same(a: torch.nn.Module, b: torch.nn.Module):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert sa[k].dtype == sb[k].dtype, k
-        assert torch.equal(sa[k], sb[k]), k
 
 
 @pytest.mark.parametrize("expert", ["high", "low"])
@@ -263,4 +255,14 @@ def test_prefixed_comfyui_keys_load(zoo, tmp_path):
     path = tmp_path / "prefixed.safetensors"
     save_file({"model.diffusion_model." + k: v for k, v in sd.items()}, path)
     assert_same(load_wan_transformer(path, "fp32"), load_wan_transformer(zoo.file("wan21_t2v"), "fp32"))
-    shutil.rmtree(tmp_path)
+
+
+def test_zoo_is_deterministic_for_a_seed(zoo, tmp_path):
+    from videoprior_edit.manifest import zoo_manifest
+    from videoprior_edit.zoo import write_zoo
+
+    again = {e["file"]: e["sha256"] for e in zoo_manifest(write_zoo(tmp_path / "a", seed=0).models)}
+    first = {e["file"]: e["sha256"] for e in zoo_manifest(zoo.models)}
+    assert again == first and len(first) >= 12
+    other = zoo_manifest(write_zoo(tmp_path / "b", seed=1).models)
+    assert all(first[e["file"]] != e["sha256"] for e in other if "spiece" not in e["file"])
