@@ -17,7 +17,6 @@ from videoprior_edit.models.core import build_empty
 from videoprior_edit.models.flux import (flux_config, flux_to_diffusers, flux_to_original, inspect_flux, load_clip_l,
                                          load_flux_transformer, load_flux_vae, load_t5xxl)
 from videoprior_edit.weights import WeightFile, save_file
-from videoprior_edit.zoo_flux import write_flux_zoo
 
 PROMPTS = ["a red cat sits on a wooden chair near the window",
            "Make the car BLUE, keep   the background and the lighting!",

@@ -170,11 +170,6 @@ def _tokenizer(spiece: bytes):
     return tokenizer_from_spiece(spiece)
 
 
-def _save_tokenizer(spiece: bytes, folder: Path) -> None:
-    _tokenizer(spiece).save_pretrained(str(folder))
-    (folder / "spiece.model").write_bytes(spiece)
-
-
 def write_zoo(root: str | Path, seed: int = 0) -> Zoo:
     """Write the whole tiny zoo under `root` (a few MB, a few seconds) and return its paths."""
     with _quiet():

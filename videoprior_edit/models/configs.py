@@ -20,9 +20,16 @@ def config_data(name: str) -> dict:
     return copy.deepcopy(_read(name))
 
 
-def sized_config(name: str, size: str) -> dict:
-    """`base` updated with the named size, without bookkeeping fields."""
+def sized_config(name: str, size: str, part: str | None = None) -> dict:
+    """`base` updated with the named size, without bookkeeping fields (`part`: a section of a multi-part file,
+    e.g. the `vae` of `flux`)."""
     data = config_data(name)
+    data = data[part] if part else data
     config = {**data["base"], **data["sizes"][size]}
     config.pop("test_only", None)
     return config
+
+
+def find_size(sizes: dict, **found) -> str | None:
+    """The name of the size whose entries equal every value found in a checkpoint, or None."""
+    return next((s for s, v in sizes.items() if all(v.get(k) == x for k, x in found.items())), None)

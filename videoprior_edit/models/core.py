@@ -96,12 +96,21 @@ class Fp8StorageLinear(nn.Linear):
         return nn.functional.linear(x, self.weight.to(x.dtype), bias)
 
 
-def store_fp8(model: nn.Module, skip: Iterable[str] = ()) -> nn.Module:
-    """Store the weights of every Linear in float8_e4m3fn (half of bf16's memory); compute stays in the
-    activations' dtype. Linears whose name contains one of `skip` are left alone."""
-    skip = tuple(skip)
-    for name, module in model.named_modules():
-        if type(module) is nn.Linear and not any(s in name.split(".") for s in skip):
+def store_fp8(model: nn.Module) -> nn.Module:
+    """Store the weights of every Linear in `model` in float8_e4m3fn (half of bf16's memory); compute stays in
+    the activations' dtype."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
             module.weight = nn.Parameter(module.weight.data.to(torch.float8_e4m3fn), requires_grad=False)
             module.__class__ = Fp8StorageLinear
     return model
+
+
+def apply_weight_storage(blocks: Iterable[nn.Module], weight_storage: str) -> None:
+    """Apply the user's weight storage to a model's transformer blocks (they hold >99% of the weights; the
+    embedders and the output head keep the load dtype)."""
+    if weight_storage not in WEIGHT_STORAGE:
+        raise ModelFileError(f"Unknown weight storage '{weight_storage}'.", f"Use one of {', '.join(WEIGHT_STORAGE)}.")
+    if weight_storage == "fp8_e4m3fn":
+        for block in blocks:
+            store_fp8(block)

@@ -32,8 +32,8 @@ import torch
 
 from ..errors import ModelFileError
 from ..weights import WeightFile
-from .configs import config_data
-from .core import WEIGHT_STORAGE, build_empty, fill, parse_dtype, store_fp8
+from .configs import config_data, find_size, sized_config
+from .core import apply_weight_storage, build_empty, fill, parse_dtype
 from .wan import component_path
 from .wan_keys import describe_checkpoint
 
@@ -42,10 +42,7 @@ FLUX_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
 def flux_config(component: str, size: str) -> dict:
     """`base` + the named size of one component of `configs/flux.json` (transformer, clip_l, t5xxl, vae)."""
-    data = config_data("flux")[component]
-    config = {**data["base"], **data["sizes"][size]}
-    config.pop("test_only", None)
-    return config
+    return sized_config("flux", size, component)
 
 
 def scheduler_config() -> dict:
@@ -232,7 +229,7 @@ def inspect_flux(wf: WeightFile) -> FluxInfo:
              "joint_attention_dim": shape("txt")[1], "pooled_projection_dim": shape("vec")[1]}
     guidance = names["guid"] in own
     data = config_data("flux")["transformer"]
-    size = next((s for s, v in data["sizes"].items() if all(v[k] == found[k] for k in found)), None)
+    size = find_size(data["sizes"], **found)
     variant = next((n for n, v in data["variants"].items()
                     if (v["in_channels"], v["guidance_embeds"]) == (in_ch, guidance)), None)
     if size is None or variant is None:
@@ -245,8 +242,7 @@ def inspect_flux(wf: WeightFile) -> FluxInfo:
     if "unsupported" in v:
         raise ModelFileError(f"'{wf.path.name}' is {v['name']}. {v['unsupported']}",
                              "Use flux1-dev.safetensors.")
-    config = {**data["base"], **data["sizes"][size], "in_channels": in_ch, "guidance_embeds": guidance}
-    config.pop("test_only", None)
+    config = {**flux_config("transformer", size), "in_channels": in_ch, "guidance_embeds": guidance}
     out_ch = shape("out")[0]
     config["out_channels"] = None if out_ch == in_ch else out_ch
     name = v["name"] if size != "tiny" else f"tiny test {v['name']}"
@@ -263,9 +259,8 @@ def load_flux_transformer(path: str | Path, dtype="bf16", weight_storage: str = 
     """
     from diffusers import FluxTransformer2DModel
 
-    if weight_storage not in WEIGHT_STORAGE:
-        raise ModelFileError(f"Unknown weight storage '{weight_storage}'.", f"Use one of {', '.join(WEIGHT_STORAGE)}.")
     dtype = parse_dtype(dtype)
+    apply_weight_storage([], weight_storage)  # reject an unknown choice before reading gigabytes
     wf = WeightFile(component_path(Path(path), ("transformer",)))
     info = inspect_flux(wf)
     if expect and info.variant not in expect:
@@ -280,9 +275,7 @@ def load_flux_transformer(path: str | Path, dtype="bf16", weight_storage: str = 
         tensors = flux_to_diffusers(tensors, hidden)
     model = build_empty(lambda: FluxTransformer2DModel(**info.config))
     fill(model, tensors, dtype, wf.path.name)
-    if weight_storage == "fp8_e4m3fn":  # the blocks hold >99% of the weights; embedders and head stay as they are
-        store_fp8(model.transformer_blocks)
-        store_fp8(model.single_transformer_blocks)
+    apply_weight_storage([model.transformer_blocks, model.single_transformer_blocks], weight_storage)
     model.vpe_info = info
     return model
 
@@ -363,8 +356,7 @@ def inspect_clip_l(wf: WeightFile) -> tuple[dict, str]:
     vocab, hidden = wf.shape(prefix + "embeddings.token_embedding.weight")
     layers = _count(keys, prefix + "encoder.layers.")
     data = config_data("flux")["clip_l"]
-    size = next((s for s, v in data["sizes"].items()
-                 if (v["vocab_size"], v["hidden_size"], v["num_hidden_layers"]) == (vocab, hidden, layers)), None)
+    size = find_size(data["sizes"], vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers)
     if size is None:
         what = "CLIP-G (clip_g, used by SDXL/SD3)" if hidden == 1280 else "a CLIP text encoder of unknown size"
         raise ModelFileError(f"'{wf.path.name}' is {what} ({hidden} wide, {layers} layers, vocabulary {vocab}), "
@@ -416,8 +408,7 @@ def inspect_t5xxl(wf: WeightFile) -> tuple[dict, str]:
     vocab, d_model = wf.shape(emb)
     layers = _count(keys, prefix + "encoder.block.")
     data = config_data("flux")["t5xxl"]
-    size = next((s for s, v in data["sizes"].items()
-                 if (v["vocab_size"], v["d_model"], v["num_layers"]) == (vocab, d_model, layers)), None)
+    size = find_size(data["sizes"], vocab_size=vocab, d_model=d_model, num_layers=layers)
     if size is None:
         raise ModelFileError(f"'{wf.path.name}': a T5 encoder of unknown size (vocabulary {vocab}, width {d_model}, "
                              f"{layers} blocks).", "FLUX uses T5 v1.1 XXL: t5xxl_fp16.safetensors.")

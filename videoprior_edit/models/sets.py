@@ -10,8 +10,6 @@ from .configs import config_data
 from .wan import (EXPERT_FOLDERS, component_path, expert_hint, load_clip_vision, load_umt5, load_wan_transformer,
                   load_wan_vae)
 
-I2V_FAMILIES = ("i2v-a14b", "i2v", "flf2v")
-
 
 @dataclass
 class WanModels:

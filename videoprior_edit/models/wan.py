@@ -10,12 +10,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from ..errors import ModelFileError
 from ..weights import WeightFile
-from .configs import config_data, sized_config
-from .core import build_empty, fill, parse_dtype, store_fp8
+from .configs import config_data, find_size, sized_config
+from .core import apply_weight_storage, build_empty, fill, parse_dtype
 from .wan_keys import describe_checkpoint, is_diffusers_layout, wan_key_to_diffusers
 
 EXPERT_FOLDERS = {"high": ("transformer", "high_noise_model"), "low": ("transformer_2", "low_noise_model")}
@@ -115,6 +114,7 @@ def load_wan_transformer(path: str | Path, dtype="bf16", weight_storage: str = "
     from diffusers import WanTransformer3DModel
 
     dtype = parse_dtype(dtype)
+    apply_weight_storage([], weight_storage)  # reject an unknown choice before reading gigabytes
     wf = WeightFile(path)
     info = inspect_wan(wf)
     if expect and info.family not in expect:
@@ -125,8 +125,7 @@ def load_wan_transformer(path: str | Path, dtype="bf16", weight_storage: str = "
     tensors = ((k if diffusers_layout else wan_key_to_diffusers(k), t) for k, t in wf.tensors())
     model = build_empty(lambda: WanTransformer3DModel(**info.config))
     fill(model, ((k, t) for k, t in tensors if k is not None), dtype, wf.path.name)
-    if weight_storage == "fp8_e4m3fn":
-        store_fp8(model, skip=list(model._keep_in_fp32_modules) + ["condition_embedder", "proj_out"])
+    apply_weight_storage(model.blocks, weight_storage)
     model.vpe_info = info
     return model
 
@@ -144,8 +143,7 @@ def inspect_umt5(wf: WeightFile) -> dict:
     vocab, d_model = wf.shape("shared.weight")
     layers = len({k.split(".")[2] for k in keys if k.startswith("encoder.block.")})
     data = config_data("umt5")
-    size = next((s for s, v in data["sizes"].items()
-                 if (v["vocab_size"], v["d_model"], v["num_layers"]) == (vocab, d_model, layers)), None)
+    size = find_size(data["sizes"], vocab_size=vocab, d_model=d_model, num_layers=layers)
     if size is None:
         raise ModelFileError(f"'{wf.path.name}': a UMT5 encoder of unknown size (vocab {vocab}, width {d_model}, "
                              f"{layers} blocks).", "Wan uses UMT5-XXL: umt5_xxl_fp16.safetensors.")
@@ -177,7 +175,8 @@ def load_wan_vae(path: str | Path, dtype="fp32"):
     keys = wf.keys()
     conv_in = next((k for k in ("encoder.conv1.weight", "encoder.conv_in.weight") if k in keys), None)
     quant = next((k for k in ("conv1.weight", "quant_conv.weight") if k in keys), None)
-    if conv_in is None or quant is None or "decoder.head.2.weight" not in keys and "decoder.conv_out.weight" not in keys:
+    head = next((k for k in ("decoder.head.2.weight", "decoder.conv_out.weight") if k in keys), None)
+    if conv_in is None or quant is None or head is None:
         raise ModelFileError(f"'{wf.path.name}' is {describe_checkpoint(keys)}, not the Wan video VAE.",
                              "Pick wan_2.1_vae.safetensors from models/vae.")
     z_dim = wf.shape(quant)[0] // 2
@@ -186,7 +185,7 @@ def load_wan_vae(path: str | Path, dtype="fp32"):
                              "Wan2.1 and Wan2.2-A14B use wan_2.1_vae.safetensors (16 channels).")
     base_dim = wf.shape(conv_in)[0]
     data = config_data("wan_vae")
-    size = next((s for s, v in data["sizes"].items() if v["base_dim"] == base_dim), None)
+    size = find_size(data["sizes"], base_dim=base_dim)
     if size is None:
         raise ModelFileError(f"'{wf.path.name}': Wan VAE of unknown width {base_dim}.", "Use wan_2.1_vae.safetensors.")
     sd = wf.state_dict()
@@ -211,8 +210,7 @@ def load_clip_vision(path: str | Path, dtype="bf16"):
     hidden = wf.shape(prefix + "embeddings.class_embedding")[0]
     layers = len({k[len(prefix):].split(".")[2] for k in keys if k.startswith(prefix + "encoder.layers.")})
     data = config_data("clip_vision")
-    size = next((s for s, v in data["sizes"].items()
-                 if (v["hidden_size"], v["num_hidden_layers"]) == (hidden, layers)), None)
+    size = find_size(data["sizes"], hidden_size=hidden, num_hidden_layers=layers)
     if size is None:
         raise ModelFileError(f"'{wf.path.name}': CLIP image encoder of unknown size ({hidden} wide, {layers} layers).",
                              "Wan2.1-I2V/FLF2V use CLIP ViT-H/14: clip_vision_h.safetensors.")
@@ -227,7 +225,3 @@ def clip_image_processor():
     from transformers import CLIPImageProcessorPil
 
     return CLIPImageProcessorPil(**config_data("clip_vision")["image_processor"])
-
-
-def dtype_of(model) -> torch.dtype:
-    return next(p.dtype for p in model.parameters() if p.dtype.is_floating_point and p.dtype.itemsize > 1)
