@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+from pathlib import Path
 
 import pytest
 from conftest import assert_same
@@ -129,6 +130,22 @@ def test_swapped_experts_and_missing_low_expert(zoo):
         load_wan_models(zoo.file("wan22_i2v_high"), None, zoo.file("umt5"), zoo.file("vae"))
     with pytest.raises(ModelFileError, match="needs the CLIP image encoder"):
         load_wan_models(zoo.file("wan21_i2v"), None, zoo.file("umt5"), zoo.file("vae"))
+
+
+@pytest.mark.parametrize("path,hint", [
+    ("models/diffusion_models/wan2.2_i2v_high_noise_14B_fp16.safetensors", "high"),
+    ("models/diffusion_models/wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors", "low"),
+    ("Wan2.2-I2V-A14B/low_noise_model", "low"),
+    ("Wan2.2-I2V-A14B/high_noise_model/diffusion_pytorch_model.safetensors.index.json", "high"),
+    ("Wan2.2-I2V-A14B-Diffusers/transformer_2", "low"),
+    ("Wan2.2-I2V-A14B-Diffusers/transformer", None),
+    ("my_workflows/wan2.1_flf2v_720p_14B_fp16.safetensors", None),
+    ("low_vram/wan2.2_i2v_high_noise_14B_fp16.safetensors", "high"),
+])
+def test_expert_hint_reads_whole_words(path, hint):
+    from videoprior_edit.models.wan import expert_hint
+
+    assert expert_hint(Path(path)) == hint
 
 
 def test_truncated_file_is_caught_before_loading(zoo, tmp_path):

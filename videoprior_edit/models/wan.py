@@ -95,13 +95,16 @@ def inspect_wan(wf: WeightFile) -> WanInfo:
 
 
 def expert_hint(path: Path) -> str | None:
-    """'high' or 'low' when the file or folder name says which Wan2.2 expert it is."""
-    text = str(path).lower().replace("-", "_")
-    for hint, words in (("high", ("high_noise", "high")), ("low", ("low_noise", "low"))):
-        if any(w in Path(text).name or w in Path(text).parent.name for w in words):
-            return hint
-    if Path(text).name == "transformer_2" or Path(text).parent.name == "transformer_2":
-        return "low"
+    """'high' or 'low' when the file name (else its folder's name) says which Wan2.2 expert it is.
+
+    Whole words only ("high", "low", "transformer_2"), so folders like `workflows/` or `flow_models/` say nothing.
+    """
+    for name in (Path(path).name, Path(path).parent.name):
+        words = set(re.split(r"[^a-z0-9]+", name.lower()))
+        if name == "transformer_2" or "low" in words:
+            return "low" if "high" not in words else None
+        if "high" in words:
+            return "high"
     return None
 
 
