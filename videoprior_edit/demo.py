@@ -93,7 +93,8 @@ def run_demo(out_dir: str | Path = "demo_output", models_dir: str | Path | None 
     t1 = time.perf_counter()
     models = load_wan_models(files["model"], files["model_low"], files["text_encoder"], files["vae"], dtype=dtype)
     t2 = time.perf_counter()
-    embeds = PromptEncoder(models.text_encoder, models.tokenizer)([instruction])
+    encoder = PromptEncoder(models.text_encoder, models.tokenizer)
+    embeds = encoder([instruction])
     source = load_source(image, *size)
     h, w = source.shape[:2]
     if h % 16 or w % 16:
@@ -107,7 +108,7 @@ def run_demo(out_dir: str | Path = "demo_output", models_dir: str | Path | None 
         "status": "loaded models, encoded the instruction and the source image; the editing step (I2V with "
                   "Temporal Latent Dropout) arrives with the IF-Edit I2V editor issue",
         "model_set": models.summary().splitlines(), "instruction": instruction,
-        "instruction_tokens": PromptEncoder(models.text_encoder, models.tokenizer).token_count(instruction),
+        "instruction_tokens": encoder.token_count(instruction),
         "prompt_embeddings_shape": list(embeds.shape), "source_size": [w, h],
         "source_latent_shape": list(latents.shape),
         "seconds": {"prepare": round(t1 - t0, 2), "load_models": round(t2 - t1, 2), "encode": round(t3 - t2, 2)},
