@@ -79,8 +79,11 @@ class Zoo:
         return flux_zoo_paths(self.root)
 
 
-def _randomise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Deterministic random weights; norms get noise too so a swapped key cannot go unnoticed."""
+def random_model(factory, seed: int) -> torch.nn.Module:
+    """Build `factory()` under `seed`, then perturb every parameter deterministically (norms too, so a swapped
+    key cannot go unnoticed)."""
+    torch.manual_seed(seed)
+    module = factory()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in sorted(module.named_parameters(), key=lambda kv: kv[0]):
@@ -114,29 +117,26 @@ def tiny_wan_transformer(family: str, seed: int):
             config["pos_embed_seq_len"] = 2 * 257
     else:
         config["image_dim"] = None
-    torch.manual_seed(seed)
-    return _randomise(WanTransformer3DModel(**config), seed)
+    return random_model(lambda: WanTransformer3DModel(**config), seed)
 
 
 def tiny_umt5(seed: int):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    torch.manual_seed(seed)
-    return _randomise(UMT5EncoderModel(UMT5Config(**sized_config("umt5", "tiny"))), seed)
+    return random_model(lambda: UMT5EncoderModel(UMT5Config(**sized_config("umt5", "tiny"))), seed)
 
 
 def tiny_vae(seed: int):
     from diffusers import AutoencoderKLWan
 
-    torch.manual_seed(seed)
-    return _randomise(AutoencoderKLWan(**sized_config("wan_vae", "tiny")), seed)
+    return random_model(lambda: AutoencoderKLWan(**sized_config("wan_vae", "tiny")), seed)
 
 
 def tiny_clip_vision(seed: int):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    torch.manual_seed(seed)
-    return _randomise(CLIPVisionModelWithProjection(CLIPVisionConfig(**sized_config("clip_vision", "tiny"))), seed)
+    config = CLIPVisionConfig(**sized_config("clip_vision", "tiny"))
+    return random_model(lambda: CLIPVisionModelWithProjection(config), seed)
 
 
 def _original_wan(model) -> dict[str, torch.Tensor]:

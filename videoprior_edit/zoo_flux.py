@@ -24,7 +24,7 @@ import torch
 from .models.configs import config_data
 from .models.flux import flux_config, flux_to_original, scheduler_config
 from .weights import save_file
-from .zoo import CORPUS, _randomise, tiny_spiece_model
+from .zoo import CORPUS, random_model, tiny_spiece_model
 
 FLUX_FILES = {
     "transformer": "diffusion_models/tiny_flux1-dev.safetensors",
@@ -47,32 +47,28 @@ def _round_to(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 def tiny_flux_transformer(seed: int, guidance: bool = True):
     from diffusers import FluxTransformer2DModel
 
-    torch.manual_seed(seed)
-    model = FluxTransformer2DModel(**{**flux_config("transformer", "tiny"), "guidance_embeds": guidance})
-    return _round_to(_randomise(model, seed), torch.bfloat16)
+    config = {**flux_config("transformer", "tiny"), "guidance_embeds": guidance}
+    return _round_to(random_model(lambda: FluxTransformer2DModel(**config), seed), torch.bfloat16)
 
 
 def tiny_clip_l(seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(seed)
-    model = CLIPTextModel(CLIPTextConfig(**flux_config("clip_l", "tiny")))
-    return _round_to(_randomise(model, seed), torch.float16)
+    config = CLIPTextConfig(**flux_config("clip_l", "tiny"))
+    return _round_to(random_model(lambda: CLIPTextModel(config), seed), torch.float16)
 
 
 def tiny_t5xxl(seed: int):
     from transformers import T5Config, T5EncoderModel
 
-    torch.manual_seed(seed)
-    model = T5EncoderModel(T5Config(**flux_config("t5xxl", "tiny")))
-    return _round_to(_randomise(model, seed), torch.float16)
+    config = T5Config(**flux_config("t5xxl", "tiny"))
+    return _round_to(random_model(lambda: T5EncoderModel(config), seed), torch.float16)
 
 
 def tiny_flux_vae(seed: int):
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(seed)
-    return _randomise(AutoencoderKL(**flux_config("vae", "tiny")), seed)
+    return random_model(lambda: AutoencoderKL(**flux_config("vae", "tiny")), seed)
 
 
 # ------------------------------------------------------------------------------------- VAE layout
