@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelFileError
+from ..weights import WeightFile
 from .configs import config_data
-from .wan import (EXPERT_FOLDERS, component_path, expert_hint, load_clip_vision, load_umt5, load_wan_transformer,
-                  load_wan_vae)
+from .wan import (EXPERT_FOLDERS, component_path, expert_hint, inspect_wan, load_clip_vision, load_umt5,
+                  load_wan_transformer, load_wan_vae)
 
 
 @dataclass
@@ -77,20 +78,20 @@ def load_wan_models(model: str | Path, model_low: str | Path | None = None, text
         if p is None:
             raise ModelFileError(f"No {what} given for '{root.name}'.", f"Pick the {what} file on the loader.")
 
-    high = load_wan_transformer(high_path, dtype, weight_storage, slot="model")
-    family = high.vpe_info.family
-    low = None
-    if low_path is not None:
-        low = load_wan_transformer(low_path, dtype, weight_storage, expect=(family,), slot="low-noise expert")
-    elif family == "i2v-a14b":
+    # Every check that the headers can answer comes before gigabytes are read.
+    info = inspect_wan(WeightFile(high_path))
+    if low_path is None and info.family == "i2v-a14b":
         raise ModelFileError(f"'{high_path.name}' is a Wan2.2-I2V-A14B expert; this model needs both experts.",
                              "Also pick the low-noise file (wan2.2_i2v_low_noise_14B_*.safetensors).")
-    variant = _variant(family, high.vpe_info.size, two_experts=low is not None, file_name=high_path.name)
+    variant = _variant(info.family, info.size, two_experts=low_path is not None, file_name=high_path.name)
+    if info.config["image_dim"] and clip_path is None:
+        raise ModelFileError(f"'{high_path.name}' ({info.names}) needs the CLIP image encoder.",
+                             "Pick clip_vision_h.safetensors in the clip_vision input.")
+    high = load_wan_transformer(high_path, dtype, weight_storage, slot="model")
+    low = None if low_path is None else load_wan_transformer(low_path, dtype, weight_storage, expect=(info.family,),
+                                                             slot="low-noise expert")
     image_encoder = processor = None
-    if high.vpe_info.config["image_dim"]:
-        if clip_path is None:
-            raise ModelFileError(f"'{high_path.name}' ({high.vpe_info.names}) needs the CLIP image encoder.",
-                                 "Pick clip_vision_h.safetensors in the clip_vision input.")
+    if info.config["image_dim"]:
         image_encoder, processor = load_clip_vision(clip_path, dtype)
     te, tok = load_umt5(te_path, text_encoder_dtype or dtype)
     boundary = config_data("wan_transformer")["variants"].get(variant, {}).get("boundary_ratio")
