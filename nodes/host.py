@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..videoprior_edit.errors import ModelFileError
-from ..videoprior_edit.folders import KINDS, ModelFolders, list_models_in
+from ..videoprior_edit.folders import KINDS, ModelFolders
 
 try:  # ComfyUI present
     import comfy.model_management as _mm
@@ -37,31 +36,15 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-class _ComfyFolders:
-    """ModelFolders backed by ComfyUI's folder_paths (extra_model_paths.yaml included)."""
+class _ComfyFolders(ModelFolders):
+    """ModelFolders searching ComfyUI's folder_paths (extra_model_paths.yaml included)."""
 
-    def list(self, kind: str) -> list[str]:
-        names = set()
-        for sub in KINDS[kind]:
-            if sub in _fp.folder_names_and_paths:
-                for base in _fp.get_folder_paths(sub):
-                    names.update(list_models_in(Path(base)))
-        return sorted(names)
+    def __init__(self):
+        super().__init__(_fp.models_dir)
 
-    def path(self, kind: str, name: str) -> Path:
-        if Path(name).is_absolute():
-            return ModelFolders("/").path(kind, name)
-        for sub in KINDS[kind]:
-            if sub not in _fp.folder_names_and_paths:
-                continue
-            full = _fp.get_full_path(sub, name)
-            if full:
-                return Path(full)
-            for base in _fp.get_folder_paths(sub):
-                if (Path(base) / name).exists():
-                    return Path(base) / name
-        raise ModelFileError(f"Model '{name}' not found in ComfyUI's '{KINDS[kind][0]}' folders.",
-                             f"Put it in ComfyUI/models/{KINDS[kind][0]} and press 'r' to refresh the lists.")
+    def bases(self, kind: str) -> list[Path]:
+        return [Path(base) for sub in KINDS[kind] if sub in _fp.folder_names_and_paths
+                for base in _fp.get_folder_paths(sub)]
 
 
 def folders():

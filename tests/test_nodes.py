@@ -73,3 +73,12 @@ def test_wan_loader_node_loads_the_zoo(pack, zoo, monkeypatch):
     (small,) = node.load(zoo.file("wan21_t2v").name, "none", zoo.file("umt5").name, zoo.file("vae").name,
                          "none", "bf16", "fp8_e4m3fn")
     assert small.transformer.blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
+
+
+def test_model_folders_are_listed_whole(zoo):
+    from videoprior_edit.folders import list_models_in
+
+    assert list_models_in(zoo.root / "official") == ["Wan2.2-I2V-A14B-tiny/high_noise_model",
+                                                     "Wan2.2-I2V-A14B-tiny/low_noise_model"]
+    assert "Wan2.2-I2V-A14B-tiny" in list_models_in(zoo.root / "diffusers")
+    assert not any("/" in n for n in list_models_in(zoo.root / "diffusers"))  # shards are not listed one by one

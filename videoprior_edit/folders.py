@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Protocol
 
 from .errors import ModelFileError
 
@@ -19,27 +19,20 @@ KINDS = {
 WEIGHT_SUFFIXES = (".safetensors", ".sft")
 
 
-class ModelResolver(Protocol):
-    def list(self, kind: str) -> list[str]: ...
-    def path(self, kind: str, name: str) -> Path: ...
-
-
 def _is_model_folder(p: Path) -> bool:
-    return p.is_dir() and any((p / f).is_file() for f in ("config.json", "model_index.json"))
+    return any((p / f).is_file() for f in ("config.json", "model_index.json"))
 
 
 def list_models_in(folder: Path) -> list[str]:
-    """Weight files and model folders (diffusers/official layouts) directly or nested under `folder`."""
-    if not folder.is_dir():
-        return []
+    """Weight files and model folders (diffusers/official layouts, listed whole) under `folder`, as relative names."""
     names = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        inside_model = any(_is_model_folder(folder / parent) for parent in rel.parents if parent != Path("."))
-        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not inside_model:
-            names.append(p.relative_to(folder).as_posix())
-        elif _is_model_folder(p) and not inside_model:
-            names.append(p.relative_to(folder).as_posix())
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        if here != Path(folder) and _is_model_folder(here):
+            names.append(here.relative_to(folder).as_posix())
+            dirnames.clear()  # its shards and sub-folders are one model
+            continue
+        names += [(here / f).relative_to(folder).as_posix() for f in filenames if f.endswith(WEIGHT_SUFFIXES)]
     return sorted(names)
 
 
@@ -49,8 +42,12 @@ class ModelFolders:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
+    def bases(self, kind: str) -> list[Path]:
+        """The folders searched for one kind of model, in order."""
+        return [self.root / sub for sub in KINDS[kind]]
+
     def list(self, kind: str) -> list[str]:
-        return sorted({n for sub in KINDS[kind] for n in list_models_in(self.root / sub)})
+        return sorted({n for base in self.bases(kind) for n in list_models_in(base)})
 
     def path(self, kind: str, name: str) -> Path:
         """Full path of `name` (a name inside the kind's folders, or an absolute path)."""
@@ -59,10 +56,12 @@ class ModelFolders:
             if p.exists():
                 return p
             raise ModelFileError(f"Model path does not exist: {p}", "Check the path.")
-        for sub in KINDS[kind]:
-            if (self.root / sub / name).exists():
-                return self.root / sub / name
+        bases = self.bases(kind)
+        for base in bases:
+            if (base / name).exists():
+                return base / name
+        where = bases[0] if bases else self.root / KINDS[kind][0]
         raise ModelFileError(
-            f"Model '{name}' not found in {self.root / KINDS[kind][0]}.",
-            f"Put the file in {self.root / KINDS[kind][0]} (see `videoprior-edit models check --models "
-            f"{self.root}` for where each file comes from).")
+            f"Model '{name}' not found in {where}.",
+            f"Put the file in {where} (`videoprior-edit models check --models <models folder>` says where each "
+            "file comes from); in ComfyUI, press 'r' afterwards to refresh the lists.")
