@@ -34,13 +34,13 @@ def _check(args) -> int:
 
     results = check(args.models, load_manifest(args.manifest), verify_sha=args.sha256, ids=args.ids)
     print(format_report(results))
-    return 0 if all(r.status in ("ok", "present") for r in results) else 1
+    return 0 if all(r.good for r in results) else 1
 
 
 def _download(args) -> int:
-    from .manifest import _select, download, load_manifest
+    from .manifest import download, load_manifest, select
 
-    for entry in _select(load_manifest(args.manifest), args.ids):
+    for entry in select(load_manifest(args.manifest), args.ids):
         result = download(entry, args.models, verify_sha=not args.no_sha256)
         print(f"{result.status:8s} {result.path}")
     return 0

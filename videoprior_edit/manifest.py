@@ -42,9 +42,19 @@ class Check:
     status: str  # ok | missing | wrong_size | bad_checksum | present (nothing published to verify against)
     detail: str = ""
 
+    @property
+    def good(self) -> bool:
+        """The file is there and nothing published contradicts it."""
+        return self.status in ("ok", "present")
+
 
 def check_file(entry: dict, models_dir: Path, verify_sha: bool = False) -> Check:
-    path = Path(models_dir) / entry["folder"] / entry["file"]
+    """Check the file of `entry` where it belongs in a models folder."""
+    return verify(entry, Path(models_dir) / entry["folder"] / entry["file"], verify_sha)
+
+
+def verify(entry: dict, path: Path, verify_sha: bool = False) -> Check:
+    """Check the file at `path` against the size and sha256 that `entry` publishes."""
     if not path.is_file():
         return Check(entry, path, "missing", f"get it from {source_url(entry)}")
     size, want = path.stat().st_size, entry.get("size_bytes")
@@ -62,11 +72,10 @@ def check_file(entry: dict, models_dir: Path, verify_sha: bool = False) -> Check
 def check(models_dir: str | Path, entries: list[dict], verify_sha: bool = False,
           ids: list[str] | None = None) -> list[Check]:
     """Check a models folder against manifest entries (all, or the given ids)."""
-    chosen = _select(entries, ids)
-    return [check_file(e, Path(models_dir), verify_sha) for e in chosen]
+    return [check_file(e, Path(models_dir), verify_sha) for e in select(entries, ids)]
 
 
-def _select(entries: list[dict], ids: list[str] | None) -> list[dict]:
+def select(entries: list[dict], ids: list[str] | None) -> list[dict]:
     if not ids:
         return entries
     known = {e["id"]: e for e in entries}
@@ -94,7 +103,7 @@ def format_report(results: list[Check]) -> str:
 def download(entry: dict, models_dir: str | Path, verify_sha: bool = True) -> Check:
     """Fetch one file from its source (resumable, verified); a good existing file is never overwritten."""
     current = check_file(entry, Path(models_dir), verify_sha)
-    if current.status in ("ok", "present"):
+    if current.good:
         return current
     from huggingface_hub import hf_hub_download
 
@@ -108,13 +117,13 @@ def download(entry: dict, models_dir: str | Path, verify_sha: bool = True) -> Ch
             f"{str(e).splitlines()[0] if str(e) else ''}",
             f"Check the internet connection (and HF_TOKEN for gated repos), or fetch {source_url(entry)} by hand "
             f"into {Path(models_dir) / entry['folder']}.") from None
-    staged = check_file({**entry, "folder": ".", "file": str(got.relative_to(staging))}, staging, verify_sha)
-    if staged.status not in ("ok", "present"):
+    staged = verify(entry, got, verify_sha)
+    if not staged.good:
         raise ModelFileError(f"Downloaded {entry['file']} does not verify: {staged.detail}.",
                              "It was left in .vpe_downloads; delete it and try again.")
     current.path.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(got), current.path)  # replaces only a missing or bad file
-    return check_file(entry, Path(models_dir), verify_sha)
+    return Check(entry, current.path, staged.status, staged.detail)
 
 
 def zoo_manifest(models_dir: str | Path) -> list[dict]:
