@@ -103,3 +103,77 @@ def test_demo_command_writes_outputs(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "videoprior_edit.cli", "demo", "--models", str(tmp_path),
                               "--out", str(tmp_path / "o2")], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "wan2.2_i2v_high_noise_14B_fp16.safetensors" in missing.stderr
+
+
+class _HubLikeServer:
+    """A loopback server answering like a Hugging Face `resolve` endpoint (HEAD metadata, GET with Range)."""
+
+    def __init__(self, files: dict[str, bytes]):
+        import http.server
+        import threading
+
+        served = files
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _headers(self, body: bytes, status: int = 200, start: int = 0):
+                self.send_response(status)
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("ETag", '"%s"' % __import__("hashlib").sha256(body).hexdigest())
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+
+            def _body(self):
+                key = self.path.split("/resolve/main/", 1)[-1]
+                return served.get(key)
+
+            def do_HEAD(self):  # noqa: N802
+                body = self._body()
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                else:
+                    self._headers(body)
+
+            def do_GET(self):  # noqa: N802
+                body = self._body()
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                start = int(self.headers.get("Range", "bytes=0-").split("=")[1].split("-")[0] or 0)
+                self._headers(body, 206 if start else 200, start)
+                self.wfile.write(body[start:])
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_download_fetches_verifies_and_replaces_only_bad_files(zoo, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    models, entries = _zoo_copy(zoo, tmp_path)
+    vae = next(e for e in entries if e["folder"] == "vae")
+    clip = next(e for e in entries if e["folder"] == "clip_vision")
+    good = {e["source"]["path"]: (models / e["folder"] / e["file"]).read_bytes() for e in (vae, clip)}
+    server = _HubLikeServer({vae["source"]["path"]: good[vae["source"]["path"]],
+                             clip["source"]["path"]: good[clip["source"]["path"]][:-1] + b"\0"})  # corrupted
+    try:
+        target = models / "vae" / vae["file"]
+        target.write_bytes(b"partial")  # a bad local file is replaced by a verified download
+        result = download(vae, models, endpoint=server.url)
+        assert result.status == "ok" and target.read_bytes() == good[vae["source"]["path"]]
+        clip_path = models / "clip_vision" / clip["file"]
+        clip_path.unlink()
+        with pytest.raises(ModelFileError, match="does not verify"):
+            download(clip, models, endpoint=server.url)
+        assert not clip_path.exists()  # a download that fails verification never lands in the models folder
+    finally:
+        server.close()

@@ -100,8 +100,10 @@ def format_report(results: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def download(entry: dict, models_dir: str | Path, verify_sha: bool = True) -> Check:
-    """Fetch one file from its source (resumable, verified); a good existing file is never overwritten."""
+def download(entry: dict, models_dir: str | Path, verify_sha: bool = True, endpoint: str | None = None) -> Check:
+    """Fetch one file from its source (resumable, verified); a good existing file is never overwritten.
+
+    `endpoint`: another Hugging Face-compatible server (default: HF_ENDPOINT or huggingface.co)."""
     current = check_file(entry, Path(models_dir), verify_sha)
     if current.good:
         return current
@@ -110,7 +112,7 @@ def download(entry: dict, models_dir: str | Path, verify_sha: bool = True) -> Ch
     staging = Path(models_dir) / ".vpe_downloads"
     try:
         got = Path(hf_hub_download(entry["source"]["repo"], entry["source"]["path"], local_dir=staging,
-                                   token=os.environ.get("HF_TOKEN") or None))
+                                   token=os.environ.get("HF_TOKEN") or None, endpoint=endpoint))
     except Exception as e:  # network, auth (gated repos), offline mode
         raise ModelFileError(
             f"Could not download {entry['file']} from {entry['source']['repo']}: {type(e).__name__}: "
