@@ -207,6 +207,10 @@ def test_fp8_scaled_file_is_dequantised(zoo, tmp_path):
         assert torch.equal(msd[wan_key_to_diffusers(k)], v), k
     diff = (msd["blocks.0.attn1.to_q.weight"] - ref.state_dict()["blocks.0.attn1.to_q.weight"]).abs().max()
     assert 0 < diff < 0.05  # quantised, yet close to the original
+    shards = tmp_path / "sharded"  # scales in another shard than their weights
+    save_file({k: v for k, v in fp8.items() if not k.endswith(".scale_weight")}, shards / "part-1.safetensors")
+    save_file({k: v for k, v in fp8.items() if k.endswith(".scale_weight")}, shards / "part-2.safetensors")
+    assert_same(load_wan_transformer(shards, "fp32"), model)
 
 
 def test_unknown_quantisation_is_refused(zoo, tmp_path):

@@ -157,9 +157,14 @@ class WeightFile:
                         continue
                     t = f.get_tensor(key)
                     scale = key[: -len(".weight")] + ".scale_weight" if key.endswith(".weight") else None
-                    if self.fp8_scaled and scale in names:
-                        t = t.to(torch.float32) * f.get_tensor(scale).to(torch.float32)
+                    if self.fp8_scaled and scale in self.infos:
+                        s = f.get_tensor(scale) if scale in names else self._read(scale)  # scale in another shard
+                        t = t.to(torch.float32) * s.to(torch.float32)
                     yield key, t
+
+    def _read(self, key: str) -> torch.Tensor:
+        with safe_open(str(self.infos[key].file), framework="pt") as f:
+            return f.get_tensor(key)
 
     def state_dict(self, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
         return dict(self.tensors(keys))
