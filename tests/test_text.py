@@ -37,8 +37,13 @@ def test_missing_tokenizer_says_where_to_get_it(zoo, tmp_path):
     with pytest.raises(ModelFileError, match="No tokenizer found") as e:
         load_umt5_tokenizer(WeightFile(path))
     assert "umt5_xxl_fp16.safetensors" in str(e.value)
+    assert "umt5_tokenizer" in str(e.value) and "google/umt5-xxl" in str(e.value)
     tok = load_umt5_tokenizer(WeightFile(path), zoo.wan22_i2v_diffusers / "tokenizer")
     assert tok("a red cat").input_ids[-1] == 1
+    (tmp_path / "umt5_tokenizer").mkdir()  # the folder the message names, with spiece.model only
+    (tmp_path / "umt5_tokenizer" / "spiece.model").write_bytes(
+        (zoo.wan22_i2v_diffusers / "tokenizer" / "spiece.model").read_bytes())
+    assert load_umt5_tokenizer(WeightFile(path))("a red cat").input_ids == tok("a red cat").input_ids
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

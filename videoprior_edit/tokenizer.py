@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import ModelFileError
 
 SPIECE_TENSOR = "spiece_model"
+UMT5_TOKENIZER_FOLDER = "umt5_tokenizer"  # beside a single-file text encoder without `spiece_model`
 
 
 def tokenizer_from_spiece(model_bytes: bytes):
@@ -31,23 +32,24 @@ def tokenizer_from_spiece(model_bytes: bytes):
 def load_umt5_tokenizer(weights, tokenizer_path: str | Path | None = None):
     """The UMT5 tokenizer for a text-encoder checkpoint.
 
-    Order: an explicit folder or spiece.model; the `spiece_model` tensor inside the ComfyUI file; a `tokenizer/`
-    folder next to a diffusers `text_encoder/`. Nothing is downloaded.
+    Order: an explicit folder or spiece.model; the `spiece_model` tensor inside the ComfyUI file; the `tokenizer/`
+    folder next to a diffusers `text_encoder/`, or `umt5_tokenizer/` next to a single file. Nothing is downloaded.
     """
     from transformers import AutoTokenizer
 
     if tokenizer_path is None and SPIECE_TENSOR in weights.infos:
         (_, t), = weights.tensors([SPIECE_TENSOR])
         return tokenizer_from_spiece(t.numpy().tobytes())
-    candidates = [Path(tokenizer_path)] if tokenizer_path else [
-        weights.path.parent / "tokenizer" if weights.path.is_dir() else weights.path.parent]
-    for cand in candidates:
-        if cand.is_file() and cand.suffix == ".model":
-            return tokenizer_from_spiece(cand.read_bytes())
-        if cand.is_dir() and ((cand / "tokenizer.json").is_file() or (cand / "spiece.model").is_file()):
-            return AutoTokenizer.from_pretrained(str(cand), local_files_only=True)
+    where = Path(tokenizer_path) if tokenizer_path else weights.path.parent / (
+        "tokenizer" if weights.path.is_dir() else UMT5_TOKENIZER_FOLDER)
+    if where.is_file() and where.suffix == ".model":
+        return tokenizer_from_spiece(where.read_bytes())
+    if (where / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(where), local_files_only=True)
+    if (where / "spiece.model").is_file():
+        return tokenizer_from_spiece((where / "spiece.model").read_bytes())
     raise ModelFileError(
-        f"No tokenizer found for '{weights.path.name}': the file carries no '{SPIECE_TENSOR}' tensor and no "
-        "tokenizer folder is next to it.",
-        "Use ComfyUI's umt5_xxl_fp16.safetensors (it carries the tokenizer), or put the diffusers 'tokenizer/' "
-        "folder of a Wan repo beside the text encoder (`videoprior-edit models download umt5-tokenizer`).")
+        f"No tokenizer found for '{weights.path.name}': the file carries no '{SPIECE_TENSOR}' tensor and '{where}' "
+        "holds no tokenizer.json or spiece.model.",
+        "Use ComfyUI's umt5_xxl_fp16.safetensors (it carries the tokenizer), or put spiece.model of google/umt5-xxl "
+        f"in '{where}' (`videoprior-edit models download umt5_tokenizer --models <models folder>`).")
