@@ -15,29 +15,32 @@ import torch
 
 from .errors import InputError, ModelFileError
 from .folders import ModelFolders
+from .manifest import load_manifest
 from .models.sets import load_wan_models
 from .text import PromptEncoder
 
 DEFAULT_INSTRUCTION = "take the paper card out of her hand"
-# Real files the demo looks for (first present wins), as named in models_manifest.json.
+# Real files the demo uses: manifest ids per input, first present wins.
 REAL_FILES = {
-    "model": ("diffusion_models", ["wan2.2_i2v_high_noise_14B_fp16.safetensors",
-                                   "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"]),
-    "model_low": ("diffusion_models", ["wan2.2_i2v_low_noise_14B_fp16.safetensors",
-                                       "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"]),
-    "text_encoder": ("text_encoders", ["umt5_xxl_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"]),
-    "vae": ("vae", ["wan_2.1_vae.safetensors"]),
+    "model": ("wan2.2_i2v_high_noise_14B_fp16", "wan2.2_i2v_high_noise_14B_fp8_scaled"),
+    "model_low": ("wan2.2_i2v_low_noise_14B_fp16", "wan2.2_i2v_low_noise_14B_fp8_scaled"),
+    "text_encoder": ("umt5_xxl_fp16", "umt5_xxl_fp8_e4m3fn_scaled"),
+    "vae": ("wan_2.1_vae",),
 }
 
 
 def _pick_files(models_dir: Path) -> dict[str, Path]:
+    entries = {e["id"]: e for e in load_manifest()}
     folders, picked, missing = ModelFolders(models_dir), {}, []
-    for slot, (kind, names) in REAL_FILES.items():
-        found = [n for n in names if (models_dir / kind / n).is_file()]
-        if found:
-            picked[slot] = folders.path(kind, found[0])
+    for slot, ids in REAL_FILES.items():
+        for i in ids:
+            try:
+                picked[slot] = folders.path(entries[i]["folder"], entries[i]["file"])
+                break
+            except ModelFileError:
+                continue
         else:
-            missing.append(f"{kind}/{names[0]}")
+            missing.append(f"{entries[ids[0]]['folder']}/{entries[ids[0]]['file']}")
     if missing:
         raise ModelFileError(f"Missing in {models_dir}: {', '.join(missing)}.",
                              f"Run `videoprior-edit models download if-edit --models {models_dir}` or see "
