@@ -27,6 +27,12 @@ class WanModels:
     image_processor: object | None = None
     boundary_ratio: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    # How the set was loaded (dtype, weight_storage, text_encoder_dtype, vae_dtype): a parked component is reloaded
+    # from `sources` with these.
+    load_options: dict = field(default_factory=dict)
+    # LoRAs applied to the experts, in order: (path, strength, expert) with expert "high", "low" or "both".
+    loras: list = field(default_factory=list)
+    placement: object | None = None  # a placement.Placement; None = everything stays where it was loaded
 
     @property
     def family(self) -> str:
@@ -100,7 +106,9 @@ def load_wan_models(model: str | Path, model_low: str | Path | None = None, text
     return WanModels(variant=variant, transformer=high, transformer_2=low, text_encoder=te, tokenizer=tok,
                      vae=load_wan_vae(vae_path, vae_dtype), image_encoder=image_encoder, image_processor=processor,
                      boundary_ratio=boundary if low is not None else None,
-                     sources={k: v for k, v in sources.items() if v})
+                     sources={k: v for k, v in sources.items() if v},
+                     load_options={"dtype": dtype, "weight_storage": weight_storage,
+                                   "text_encoder_dtype": text_encoder_dtype or dtype, "vae_dtype": vae_dtype})
 
 
 def _variant(family: str, size: str, two_experts: bool, file_name: str = "") -> str:
