@@ -2,7 +2,8 @@
 
 `write_zoo(root)` writes
   root/models/...            a ComfyUI models tree of single files (original Wan key layout, `spiece_model` inside
-                             the UMT5 file, CLIP in transformers layout), as artists have them;
+                             the UMT5 file, CLIP in transformers layout, Lightning LoRAs in loras/), as artists
+                             have them;
   root/diffusers/...         diffusers pipeline folders of the same weights (`save_pretrained` layout);
   root/official/...          the official sharded Wan2.2-I2V-A14B layout (high/low_noise_model shards + index);
   plus a tiny FLUX.1 (transformer, CLIP-L, T5-XXL, VAE, tokenizer folders) in both layouts (`zoo_flux.py`).
@@ -43,7 +44,11 @@ FILES = {
     "umt5": "text_encoders/tiny_umt5_xxl_fp32.safetensors",
     "vae": "vae/tiny_wan_2.1_vae.safetensors",
     "clip_vision": "clip_vision/tiny_clip_vision_h.safetensors",
+    "lightning_high": "loras/tiny_wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+    "lightning_low": "loras/tiny_wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
 }
+# The Linear modules of each block a Wan2.2 Lightning (lightx2v) LoRA covers, in original names.
+LIGHTNING_MODULES = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in "qkvo") + ("ffn.0", "ffn.2")
 
 
 @dataclass
@@ -103,11 +108,12 @@ def tiny_spiece_model() -> bytes:
     return out.getvalue()
 
 
-def tiny_wan_transformer(family: str, seed: int):
+def tiny_wan_transformer(family: str, seed: int, size: str = "tiny"):
+    """A random-weight Wan DiT of `family` at a test-only `size` (tiny for tests, bench/bench_large for benchmarks)."""
     from diffusers import WanTransformer3DModel
 
     data = config_data("wan_transformer")
-    config = {**data["base"], **data["sizes"]["tiny"], "in_channels": data["families"][family]["in_channels"]}
+    config = {**data["base"], **data["sizes"][size], "in_channels": data["families"][family]["in_channels"]}
     config.pop("test_only")
     dim = config["num_attention_heads"] * config["attention_head_dim"]
     if data["families"][family]["image_encoder"]:
@@ -137,6 +143,24 @@ def tiny_clip_vision(seed: int):
 
     config = CLIPVisionConfig(**sized_config("clip_vision", "tiny"))
     return random_model(lambda: CLIPVisionModelWithProjection(config), seed)
+
+
+def tiny_lightning_lora(model, seed: int, rank: int = 4, alpha: float = 2.0) -> dict[str, torch.Tensor]:
+    """A LoRA for `model` in the layout of the Wan2.2 Lightning files: fp32 `diffusion_model.blocks.N.<module>`
+    `.lora_down.weight` / `.lora_up.weight` / `.alpha` for every LIGHTNING_MODULES Linear of every block (the real
+    files are rank 64 and hold nothing else: their byte size leaves no room for diff/diff_b keys). alpha != rank, so the
+    alpha / rank scale is exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = _original_wan(model)
+    out = {}
+    for i in range(len(model.blocks)):
+        for module in LIGHTNING_MODULES:
+            out_dim, in_dim = sd[f"blocks.{i}.{module}.weight"].shape
+            key = f"diffusion_model.blocks.{i}.{module}"
+            out[f"{key}.lora_down.weight"] = 0.1 * torch.randn(rank, in_dim, generator=gen)
+            out[f"{key}.lora_up.weight"] = 0.1 * torch.randn(out_dim, rank, generator=gen)
+            out[f"{key}.alpha"] = torch.tensor(alpha)
+    return out
 
 
 def _original_wan(model) -> dict[str, torch.Tensor]:
@@ -215,6 +239,8 @@ def _write_zoo(root: Path, seed: int) -> Zoo:
     save_file(clip.state_dict(), zoo.file("clip_vision"))
     for sub in ("loras", "LLM"):
         (zoo.models / sub).mkdir(parents=True, exist_ok=True)
+    for name, expert, lora_seed in (("lightning_high", high, seed + 9), ("lightning_low", low, seed + 10)):
+        save_file(tiny_lightning_lora(expert, lora_seed), zoo.file(name))
 
     # diffusers pipeline folders.
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,

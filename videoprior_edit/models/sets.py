@@ -41,7 +41,7 @@ class WanModels:
     @property
     def name(self) -> str:
         data = config_data("wan_transformer")["variants"]
-        tiny = " (tiny test zoo)" if self.transformer.vpe_info.size == "tiny" else ""
+        tiny = " (test-only size)" if _test_only(self.transformer.vpe_info.size) else ""
         return data[self.variant]["name"] + tiny if self.variant in data else self.variant
 
     def summary(self) -> str:
@@ -111,14 +111,19 @@ def load_wan_models(model: str | Path, model_low: str | Path | None = None, text
                                    "text_encoder_dtype": text_encoder_dtype or dtype, "vae_dtype": vae_dtype})
 
 
+def _test_only(size: str) -> bool:
+    """Sizes for tests and benchmarks only (tiny zoo, bench models): any variant of their family may use them."""
+    return bool(config_data("wan_transformer")["sizes"][size].get("test_only"))
+
+
 def _variant(family: str, size: str, two_experts: bool, file_name: str = "") -> str:
     """The variant id from config data (tiny zoo models map to the variant their file name names)."""
     variants = config_data("wan_transformer")["variants"]
     candidates = [v for v, d in variants.items() if d["family"] == family and (d.get("experts", 1) == 2) == two_experts
-                  and (size == "tiny" or d["size"] == size)]
+                  and (_test_only(size) or d["size"] == size)]
     if two_experts and not candidates:
         raise ModelFileError(f"Two experts were given, but {family} models are single models.",
                              "Leave the low-noise input empty for Wan2.1 models.")
     named = [v for v in candidates if variants[v]["size"].lower() in file_name.lower()]
-    preferred = named if size == "tiny" else candidates
+    preferred = named if _test_only(size) else candidates
     return (preferred or candidates)[0]
