@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..videoprior_edit.models.core import DTYPES, WEIGHT_STORAGE
 from ..videoprior_edit.models.sets import load_wan_models
+from ..videoprior_edit.placement import PLACEMENTS, Placement
 from . import host
 
 WAN_MODELS = "VPE_WAN_MODELS"
@@ -40,6 +41,16 @@ class WanModelLoader:
                 "fp8_e4m3fn stores the diffusion models' linear weights in 8 bits (half of bf16's memory) and "
                 "computes in the chosen precision; 'default' keeps the precision above. fp8_scaled files are "
                 "dequantised on load either way.")}),
+        }, "optional": {
+            "placement": (list(PLACEMENTS), {"default": "one_expert", "tooltip": (
+                "Where the models live while sampling. all_on_device: fastest, needs VRAM for everything (>80 GB "
+                "for Wan2.2-A14B in bf16). one_expert: one expert (or the text encoder) on the GPU at a time, the "
+                "rest in RAM; swapped once per run at the expert switch (~32 GB bf16, ~18 GB with fp8 storage). "
+                "one_expert_disk: like one_expert, but what waits is dropped and re-read from its file (for 32 GB "
+                "of RAM; slower). block_offload: weights in RAM, one block at a time on the GPU (least VRAM, "
+                "slowest).")}),
+            "vae_tiling": ("BOOLEAN", {"default": False, "tooltip": (
+                "Encode/decode the video in tiles: less VRAM at 720p and above, slightly slower.")}),
         }}
 
     RETURN_TYPES = (WAN_MODELS,)
@@ -51,12 +62,13 @@ class WanModelLoader:
                    "weights and a wrong file gets an error that says what it is.")
 
     def load(self, model, model_low_noise="none", text_encoder="none", vae="none", clip_vision="none",
-             precision="bf16", weight_storage="default"):
+             precision="bf16", weight_storage="default", placement="one_expert", vae_tiling=False):
         host.free_memory()
         models = load_wan_models(
             _path("diffusion_models", model), _path("diffusion_models", model_low_noise),
             _path("text_encoders", text_encoder), _path("vae", vae), _path("clip_vision", clip_vision),
-            dtype=precision, weight_storage=weight_storage)
+            dtype=precision, weight_storage=weight_storage,
+            placement=Placement(placement, device=host.device(), vae_tiling=vae_tiling))
         return (models,)
 
 

@@ -82,3 +82,52 @@ def test_model_folders_are_listed_whole(zoo):
                                                      "Wan2.2-I2V-A14B-tiny/low_noise_model"]
     assert "Wan2.2-I2V-A14B-tiny" in list_models_in(zoo.root / "diffusers")
     assert not any("/" in n for n in list_models_in(zoo.root / "diffusers"))  # shards are not listed one by one
+
+
+def _zoo_set(pack, zoo, monkeypatch):
+    monkeypatch.setenv("VPE_MODELS_DIR", str(zoo.models))
+    loader = pack.NODE_CLASS_MAPPINGS["VPE_WanModelLoader"]()
+    (models,) = loader.load(zoo.file("wan22_i2v_high").name, zoo.file("wan22_i2v_low").name, zoo.file("umt5").name,
+                            zoo.file("vae").name, "none", "fp32", "default")
+    return models
+
+
+def test_editor_node_matches_the_library_and_reports_adjustments(pack, zoo, monkeypatch):
+    from videoprior_edit.if_edit import edit_image
+    from videoprior_edit.sampling.condition import denormalize_latents
+
+    models = _zoo_set(pack, zoo, monkeypatch)
+    node = pack.NODE_CLASS_MAPPINGS["VPE_IFEditImageToVideo"]()
+    required = node.INPUT_TYPES()["required"]
+    assert (required["frames"][1]["default"], required["steps"][1]["default"], required["tld_k"][1]["default"],
+            required["tld_threshold"][1]["default"], required["scheduler"][1]["default"]) == (33, 8, 3, 0.9,
+                                                                                            "lightning")
+    image = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(0))
+    out = node.edit(models, image, "a red cat", "", 32, 8, 1.0, 1.0, 5.0, "lightning", 7, True, 3, 0.9, True,
+                    "original", size_mode="pad", max_side=0)
+    frames, last, wan_latents, latent, info = out["result"]
+    assert frames.shape == (13, 50, 70, 3) and torch.equal(last, frames[-1:])  # 33 frames, TLD keeps 4 latents
+    assert wan_latents["positions"] == [0, 3, 6, 8] and wan_latents["latents"].shape == (1, 16, 4, 8, 10)
+    assert torch.equal(latent["samples"], denormalize_latents(models.vae, wan_latents["latents"]))
+    assert "32 frames -> 33" in info and "padded to 80x64" in info and "kept latent frames [0, 3, 6, 8]" in info
+    assert out["ui"]["text"] == [info]
+    ref = edit_image(models, image, "a red cat", "", 32, 8, "lightning", 5.0, 1.0, 1.0, 7, 3, 0.9, True, "original",
+                     "slice", "pad", 0)
+    assert torch.equal(ref.frames, frames)
+    off = node.edit(models, image, "a red cat", "", 33, 8, 1.0, 1.0, 5.0, "lightning", 7, False, 3, 0.9, True,
+                    "original", size_mode="crop", max_side=0)["result"]
+    assert off[0].shape == (33, 48, 64, 3) and off[2]["positions"] == list(range(9))
+
+
+def test_lora_node_returns_a_new_set_and_leaves_the_input_alone(pack, zoo, monkeypatch):
+    from videoprior_edit.lora import wanted_loras
+
+    models = _zoo_set(pack, zoo, monkeypatch)
+    node = pack.NODE_CLASS_MAPPINGS["VPE_WanLoraLoader"]()
+    assert zoo.file("lightning_high").name in node.INPUT_TYPES()["required"]["lora"][0]
+    q = models.transformer.blocks[0].attn1.to_q.weight.clone()
+    (lit,) = node.apply(models, zoo.file("lightning_high").name, 1.0, "high")
+    (lit,) = node.apply(lit, zoo.file("lightning_low").name, 1.0, "low")
+    assert models.loras == [] and len(lit.loras) == 2 and lit.transformer is models.transformer
+    assert wanted_loras(lit, "transformer") == ((str(zoo.file("lightning_high")), 1.0),)
+    assert not torch.equal(lit.transformer.blocks[0].attn1.to_q.weight, q)  # merged

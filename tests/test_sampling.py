@@ -199,3 +199,72 @@ def test_bad_requests_get_clear_messages(sets, zoo):
         load_wan_models(zoo.file("wan22_i2v_high"), None, zoo.file("umt5"), zoo.file("vae"))
     with pytest.raises(InputError, match="Unknown scheduler"):
         make_scheduler("ddim", 5.0)
+
+
+def test_lightning_loras_on_each_expert_equal_diffusers_fused_loras(zoo):
+    from diffusers import WanImageToVideoPipeline
+    from safetensors.torch import load_file
+
+    from videoprior_edit.lora import add_lora
+
+    models = _set(zoo, "wan22")
+    before = models.transformer_2.blocks[0].attn1.to_q.weight.clone()
+    add_lora(models, zoo.file("lightning_high"), 1.0, "high")
+    add_lora(models, zoo.file("lightning_low"), 1.0, "low")
+    pipe = WanImageToVideoPipeline.from_pretrained(zoo.wan22_i2v_diffusers)
+    pipe.load_lora_weights(load_file(zoo.file("lightning_high")), adapter_name="high")
+    pipe.load_lora_weights(load_file(zoo.file("lightning_low")), adapter_name="low", load_into_transformer_2=True)
+    pipe.fuse_lora(components=["transformer", "transformer_2"], lora_scale=1.0)
+    pipe.unload_lora_weights()
+    for ours, ref in ((models.transformer, pipe.transformer), (models.transformer_2, pipe.transformer_2)):
+        theirs = ref.state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
+    assert not torch.equal(models.transformer_2.blocks[0].attn1.to_q.weight, before)
+    result = sample_i2v(models, image_from_uint8(SOURCE), "a red cat", None, num_frames=9, steps=4,
+                        scheduler="lightning", guidance=Guidance(1.0), seed=0)
+    assert result.video.shape == (1, 3, 9, 48, 64) and torch.isfinite(result.video).all()
+
+
+@pytest.mark.parametrize("mode", ["one_expert", "one_expert_disk"])
+def test_a_set_with_a_lora_never_changes_the_set_it_came_from(zoo, mode):
+    from videoprior_edit.lora import with_lora
+    from videoprior_edit.placement import Placement
+
+    def run(models):
+        return sample_i2v(models, image_from_uint8(SOURCE), "a red cat", None, num_frames=9, steps=4,
+                          scheduler="lightning", guidance=Guidance(1.0), seed=0, decode_video=False).latents
+
+    files = ("wan22_i2v_high", "wan22_i2v_low", "umt5", "vae")
+    base = load_wan_models(*(zoo.file(f) for f in files), dtype="fp32", placement=Placement(mode, device="cpu"))
+    plain = run(base)
+    lit = with_lora(with_lora(base, zoo.file("lightning_high"), 1.0, "high"), zoo.file("lightning_low"), 0.5, "low")
+    lit_result = run(lit)
+    assert base.loras == [] and not torch.equal(lit_result, plain)
+    assert torch.equal(run(base), plain)  # the experts are read again without the LoRAs
+    assert torch.equal(run(lit), lit_result)
+    fresh = load_wan_models(*(zoo.file(f) for f in files), dtype="fp32")
+    stronger = with_lora(fresh, zoo.file("lightning_high"), 1.0, "high")
+    stronger = with_lora(stronger, zoo.file("lightning_low"), 0.5, "low")
+    assert torch.equal(run(stronger), lit_result)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def test_cancel_stops_within_one_step(sets):
+    models, calls = sets("wan22"), []
+    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in (models.transformer, models.transformer_2)]
+
+    def progress(n):
+        if len(calls) >= 2:
+            raise _Cancelled
+
+    try:
+        with pytest.raises(_Cancelled):
+            sample_i2v(models, image_from_uint8(SOURCE), "a red cat", None, num_frames=9, steps=8,
+                       scheduler="lightning", guidance=Guidance(1.0), seed=0, progress=progress)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(calls) == 2

@@ -1,4 +1,4 @@
-"""Command line: `videoprior-edit demo | zoo | models check | models download`."""
+"""Command line: `videoprior-edit demo | edit | zoo | models check | models download`."""
 
 from __future__ import annotations
 
@@ -6,18 +6,47 @@ import argparse
 import sys
 
 from .errors import VPEError
+from .placement import PLACEMENTS
 
 
 def _demo(args) -> int:
     from .demo import run_demo
 
-    report = run_demo(args.out, args.models, args.image, args.instruction, args.seed)
+    report = run_demo(args.out, args.models, args.image, args.instruction, args.seed, args.placement)
     print("\n".join(report["model_set"]))
-    print(f"instruction: {report['instruction']!r} -> {report['instruction_tokens']} tokens, "
-          f"embeddings {report['prompt_embeddings_shape']}")
-    print(f"source {report['source_size'][0]}x{report['source_size'][1]} -> latent {report['source_latent_shape']}")
-    print(f"note: {report['status']}")
-    print(f"outputs: {report['outputs']['source']}\n         {report['outputs']['report']}")
+    print(f"placement: {report['placement']}\nsettings: {report['settings']}")
+    print("\n".join(f"note: {n}" for n in report["notes"]))
+    print(f"edited {report['source_size'][0]}x{report['source_size'][1]} in {report['seconds']['edit']} s "
+          f"({report['frames']} frames decoded)")
+    print("outputs: " + "\n         ".join(report["outputs"].values()))
+    return 0
+
+
+def _edit(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .demo import load_edit_models, pick_files, save_edit, zoo_files
+    from .if_edit import edit_image
+    from .placement import Placement
+    from .sampling.condition import image_from_uint8
+
+    files = pick_files(args.models) if args.models else zoo_files(args.zoo)
+    files.update({k: v for k, v in (("model", args.model), ("model_low", args.model_low),
+                                    ("text_encoder", args.text_encoder), ("vae", args.vae),
+                                    ("clip_vision", args.clip_vision), ("lora_high", args.lora_high),
+                                    ("lora_low", args.lora_low)) if v})
+    for slot in ("lora_high", "lora_low"):
+        if getattr(args, slot) == "none":
+            files.pop(slot, None)
+    models = load_edit_models(files, args.precision, args.weight_storage, Placement(mode=args.placement))
+    source = np.asarray(Image.open(args.image).convert("RGB"))
+    result = edit_image(models, image_from_uint8(source), args.prompt, args.negative_prompt, args.frames,
+                        args.steps, args.scheduler, args.shift, args.cfg, args.cfg_low, args.seed, args.k,
+                        args.threshold, not args.drop_last, args.rope, args.solver, args.size_mode, args.max_side)
+    paths = save_edit(result, source, args.out, frames=not args.no_frames)
+    print("\n".join(f"note: {n}" for n in result.notes))
+    print("outputs: " + "\n         ".join(paths.values()))
     return 0
 
 
@@ -46,6 +75,42 @@ def _download(args) -> int:
     return 0
 
 
+def _edit_parser(sub) -> None:
+    from .images import SIZE_MODES
+    from .sampling import SCHEDULERS
+    from .sampling.tld import ROPE_MODES, SOLVER_MODES
+
+    e = sub.add_parser("edit", help="IF-Edit image edit: image + prompt -> edited.png and the clip's frames")
+    e.add_argument("image", help="source image")
+    e.add_argument("--prompt", required=True, help="how the picture evolves toward the edit")
+    e.add_argument("--negative-prompt", default="")
+    e.add_argument("--out", default="edit_output", help="output folder (default: edit_output)")
+    where = e.add_mutually_exclusive_group()
+    where.add_argument("--models", help="ComfyUI models folder with the if-edit files (see `models check if-edit`)")
+    where.add_argument("--zoo", default="tiny_zoo", help="tiny zoo folder (written if missing; default: tiny_zoo)")
+    for name in ("model", "model-low", "text-encoder", "vae", "clip-vision", "lora-high", "lora-low"):
+        e.add_argument(f"--{name}", help=f"{name.replace('-', ' ')} file (overrides the folder's; 'none' for no LoRA)")
+    e.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
+    e.add_argument("--weight-storage", default="default", choices=("default", "fp8_e4m3fn"))
+    e.add_argument("--placement", default="one_expert", choices=PLACEMENTS)
+    e.add_argument("--frames", type=int, default=33)
+    e.add_argument("--steps", type=int, default=8)
+    e.add_argument("--scheduler", default="lightning", choices=SCHEDULERS)
+    e.add_argument("--shift", type=float, default=5.0)
+    e.add_argument("--cfg", type=float, default=1.0, help="guidance, high-noise expert / single model")
+    e.add_argument("--cfg-low", type=float, default=1.0, help="guidance, low-noise expert")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--k", type=int, default=3, help="TLD stride (1 = off)")
+    e.add_argument("--threshold", type=float, default=0.9, help="TLD threshold (fraction of 1000 timesteps)")
+    e.add_argument("--drop-last", action="store_true", help="TLD: do not keep the last latent frame")
+    e.add_argument("--rope", default="original", choices=ROPE_MODES)
+    e.add_argument("--solver", default="slice", choices=SOLVER_MODES)
+    e.add_argument("--size-mode", default="resize", choices=SIZE_MODES)
+    e.add_argument("--max-side", type=int, default=832)
+    e.add_argument("--no-frames", action="store_true", help="write only edited.png, not every frame")
+    e.set_defaults(run=_edit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videoprior-edit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -55,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image", help="source image (default: a generated test picture)")
     d.add_argument("--instruction", default="take the paper card out of her hand")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--placement", choices=PLACEMENTS, help="memory placement (default: one_expert)")
     d.set_defaults(run=_demo)
+    _edit_parser(sub)
     z = sub.add_parser("zoo", help="write the tiny random-weight model zoo")
     z.add_argument("--out", required=True)
     z.add_argument("--seed", type=int, default=0)

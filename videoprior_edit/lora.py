@@ -6,8 +6,12 @@ lightx2v / Kijai (`diffusion_model.blocks.0.self_attn.q.lora_down.weight`, `lora
 (`lora_unet_blocks_0_self_attn_q...`, partial LoRAs welcome) and diffusers/PEFT
 (`transformer.blocks.0.attn1.to_q.lora_A.weight`). `strength * alpha / rank * up @ down` is then added to the
 matching weights for good (in float32, stored back in the weight's dtype, fp8 storage included); the file's and
-the caller's tensors are never modified. A later issue adds unmerged stacking (changing strengths without
-reloading the base).
+the caller's tensors are never modified.
+
+A model set lists its LoRAs in `models.loras`; `sync_loras` makes an expert's weights hold exactly that list when
+the sampling loop uses it: LoRAs added since are merged, and when one was removed or its strength changed the
+expert is first re-read from its file (the placement's `reload_weights`). So a set with a LoRA (`with_lora`) never
+changes the set it was made from. A later issue adds unmerged stacking (changing strengths without a re-read).
 """
 
 from __future__ import annotations
@@ -242,14 +246,54 @@ def apply_lora(transformer: nn.Module, path: str | Path | Mapping[str, torch.Ten
 
 
 def add_lora(models, path: str | Path, strength: float = 1.0, expert: str = "both") -> list[LoraReport]:
-    """Merge a LoRA into the experts of a `WanModels` set ("high": the high-noise expert or the single model,
-    "low": the low-noise expert, "both") and record it in `models.loras` (reapplied when an expert is reloaded)."""
+    """Add a LoRA to the experts of a `WanModels` set ("high": the high-noise expert or the single model, "low": the
+    low-noise expert, "both"): checked against each expert first, recorded in `models.loras`, merged into experts
+    that are loaded (parked ones get it when they are reloaded)."""
     targets = _experts(models, expert)
     lora = read_lora(path, _model_keys(targets[0][1]))
-    plans = [_plan(module, lora, label) for label, module in targets]  # every check before any weight changes
-    reports = [_merge(plan, strength) for plan in plans]
+    reports = [_plan(module, lora, label).report for label, module in targets]  # refuse before anything changes
+    for report in reports:
+        report.strength = strength
     models.loras.append((str(path), strength, expert))
+    for slot in ("transformer", "transformer_2"):
+        sync_loras(models, slot)
     return reports
+
+
+def with_lora(models, path: str | Path, strength: float = 1.0, expert: str = "both"):
+    """A new model set with one more LoRA; `models` keeps its own list (the weights follow whichever set runs)."""
+    from dataclasses import replace
+
+    new = replace(models, loras=list(models.loras))
+    if "_prompt_encoder" in models.__dict__:  # same text encoder: share the prompt cache
+        new.__dict__["_prompt_encoder"] = models.__dict__["_prompt_encoder"]
+    add_lora(new, path, strength, expert)
+    return new
+
+
+def wanted_loras(models, slot: str) -> tuple[tuple[str, float], ...]:
+    """(path, strength) of the LoRAs `models.loras` lists for `slot` ("transformer" or "transformer_2"), in order."""
+    label = "high" if slot == "transformer" else "low"
+    return tuple((path, strength) for path, strength, expert in models.loras if expert in ("both", label))
+
+
+def sync_loras(models, slot: str) -> None:
+    """Make the weights of `slot` hold exactly the LoRAs the set lists for it (no-op when they already do or when
+    the expert is parked on disk)."""
+    module = getattr(models, slot, None)
+    if module is None or any(p.is_meta for p in module.parameters()):
+        return
+    wanted, applied = wanted_loras(models, slot), getattr(module, "vpe_loras", ())
+    if wanted == applied:
+        return
+    if wanted[:len(applied)] != applied:  # one was removed or changed: start again from the file
+        from .placement import reload_weights
+
+        module = reload_weights(models, slot)
+        applied = ()
+    for path, strength in wanted[len(applied):]:
+        apply_lora(module, path, strength)
+    module.vpe_loras = wanted
 
 
 def _experts(models, expert: str) -> list[tuple[str, nn.Module]]:

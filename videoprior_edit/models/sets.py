@@ -8,8 +8,9 @@ from pathlib import Path
 from ..errors import ModelFileError
 from ..weights import WeightFile
 from .configs import config_data
-from .wan import (EXPERT_FOLDERS, component_path, expert_hint, inspect_wan, load_clip_vision, load_umt5,
-                  load_wan_transformer, load_wan_vae)
+from .core import apply_weight_storage, build_empty, parse_dtype
+from .wan import (EXPERT_FOLDERS, _family_description, component_path, expert_hint, inspect_wan, load_clip_vision,
+                  load_umt5, load_wan_transformer, load_wan_vae)
 
 
 @dataclass
@@ -62,11 +63,13 @@ def _pipeline_part(root: Path | None, folders: tuple[str, ...]) -> Path | None:
 def load_wan_models(model: str | Path, model_low: str | Path | None = None, text_encoder: str | Path | None = None,
                     vae: str | Path | None = None, clip_vision: str | Path | None = None, dtype: str = "bf16",
                     weight_storage: str = "default", text_encoder_dtype: str | None = None,
-                    vae_dtype: str = "fp32") -> WanModels:
+                    vae_dtype: str = "fp32", placement=None) -> WanModels:
     """Load a Wan model set from files or folders.
 
     `model` is a ComfyUI single file (the high-noise expert for Wan2.2-A14B), a diffusers pipeline folder or an
-    official repo folder; components not given are taken from that folder when it has them.
+    official repo folder; components not given are taken from that folder when it has them. `placement` (a
+    `placement.Placement`) moves the components during runs; with "one_expert_disk" the experts are only read when
+    first activated.
     """
     root = Path(model)
     high_path = _pipeline_part(root, EXPERT_FOLDERS["high"]) or root
@@ -93,9 +96,10 @@ def load_wan_models(model: str | Path, model_low: str | Path | None = None, text
     if info.config["image_dim"] and clip_path is None:
         raise ModelFileError(f"'{high_path.name}' ({info.names}) needs the CLIP image encoder.",
                              "Pick clip_vision_h.safetensors in the clip_vision input.")
-    high = load_wan_transformer(high_path, dtype, weight_storage, slot="model")
-    low = None if low_path is None else load_wan_transformer(low_path, dtype, weight_storage, expect=(info.family,),
-                                                             slot="low-noise expert")
+    load = _empty_transformer if getattr(placement, "mode", None) == "one_expert_disk" else load_wan_transformer
+    high = load(high_path, dtype, weight_storage, slot="model")
+    low = None if low_path is None else load(low_path, dtype, weight_storage, expect=(info.family,),
+                                             slot="low-noise expert")
     image_encoder = processor = None
     if info.config["image_dim"]:
         image_encoder, processor = load_clip_vision(clip_path, dtype)
@@ -108,7 +112,27 @@ def load_wan_models(model: str | Path, model_low: str | Path | None = None, text
                      boundary_ratio=boundary if low is not None else None,
                      sources={k: v for k, v in sources.items() if v},
                      load_options={"dtype": dtype, "weight_storage": weight_storage,
-                                   "text_encoder_dtype": text_encoder_dtype or dtype, "vae_dtype": vae_dtype})
+                                   "text_encoder_dtype": text_encoder_dtype or dtype, "vae_dtype": vae_dtype},
+                     placement=placement)
+
+
+def _empty_transformer(path: Path, dtype: str, weight_storage: str, expect: tuple[str, ...] | None = None,
+                       slot: str = "model"):
+    """A Wan DiT with `load_wan_transformer`'s checks and structure but its weights on the meta device (nothing
+    read beyond the header); the placement fills it when it is first activated."""
+    from diffusers import WanTransformer3DModel
+
+    parse_dtype(dtype)
+    apply_weight_storage([], weight_storage)
+    info = inspect_wan(WeightFile(path))
+    if expect and info.family not in expect:
+        raise ModelFileError(f"'{Path(path).name}' is {info.description}, but the {slot} input needs "
+                             f"{' or '.join(_family_description(f) for f in expect)}.",
+                             "Pick a matching file for this input (see the node's tooltip).")
+    model = build_empty(lambda: WanTransformer3DModel(**info.config)).eval().requires_grad_(False)
+    apply_weight_storage(model.blocks, weight_storage)
+    model.vpe_info = info
+    return model
 
 
 def _test_only(size: str) -> bool:

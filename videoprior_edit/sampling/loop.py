@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
+from ..lora import sync_loras
 from ..text import PromptEncoder
 from .condition import (
     clip_embeds,
@@ -103,6 +104,7 @@ def denoise(models, state: SamplerState, embeds: Embeds, timesteps: torch.Tensor
         for hook in hooks:
             hook.before_step(state)
         model = place.activate(models, state.expert)
+        sync_loras(models, state.expert)
         prediction = _predict(model, state, embeds, guidance.scale(state.expert), hooks)
         state.latents = state.scheduler.step(prediction, t, state.latents, return_dict=False)[0]
         if progress is not None:

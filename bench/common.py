@@ -1,0 +1,39 @@
+"""Shared by the benchmarks: a Wan2.2-I2V model set of a bench size, written to disk in ComfyUI's layout and
+loaded through the pack's own loader (so the benchmark measures the code artists run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from videoprior_edit.models.sets import load_wan_models
+from videoprior_edit.weights import save_file
+from videoprior_edit.zoo import Zoo, _original_wan, tiny_wan_transformer, write_zoo
+
+
+def write_bench_set(root: Path, size: str = "bench", seed: int = 0) -> dict[str, Path]:
+    """Two Wan2.2-I2V experts of `size` (configs/wan_transformer.json) + the tiny zoo's UMT5 and VAE."""
+    zoo = Zoo(root / "zoo")
+    if not (zoo.root / "zoo.json").is_file():
+        write_zoo(zoo.root, seed)
+    files = {"text_encoder": zoo.file("umt5"), "vae": zoo.file("vae")}
+    for slot, seed_offset in (("model", 1), ("model_low", 2)):
+        path = root / f"{size}_wan2.2_i2v_{'high' if slot == 'model' else 'low'}_noise.safetensors"
+        if not path.is_file():
+            save_file(_original_wan(tiny_wan_transformer("i2v-a14b", seed + seed_offset, size)), path)
+        files[slot] = path
+    return files
+
+
+def load_bench_set(files: dict[str, Path], dtype: str = "fp32", placement=None):
+    kwargs = {} if placement is None else {"placement": placement}
+    return load_wan_models(files["model"], files["model_low"], files["text_encoder"], files["vae"], dtype=dtype,
+                           **kwargs)
+
+
+def parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def median(values) -> float:
+    values = sorted(values)
+    return values[len(values) // 2]

@@ -1,0 +1,41 @@
+"""LoRA nodes: apply a LoRA (e.g. the Wan2.2 Lightning 4/8-step LoRAs) to a Wan model set, chainable."""
+
+from __future__ import annotations
+
+from ..videoprior_edit.lora import EXPERTS, with_lora
+from . import host
+from .loaders import CATEGORY, WAN_MODELS
+
+
+class WanLoraLoader:
+    """Returns the model set with one more LoRA; the input set is left as it was (no reload when you change it)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "wan_models": (WAN_MODELS, {"tooltip": "A Wan model set from Load Wan Models (or another LoRA node)."}),
+            "lora": (host.model_choices("loras"), {"tooltip": (
+                "LoRA from models/loras. For IF-Edit: wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise on the high "
+                "expert and ..._low_noise on the low expert (two nodes), then 8 steps, CFG 1, scheduler lightning.")}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05, "tooltip": (
+                "How strongly the LoRA applies (1 = as trained; negative values push the other way).")}),
+            "expert": (list(EXPERTS), {"default": "both", "tooltip": (
+                "Wan2.2-A14B: which expert gets the LoRA (high = high-noise, low = low-noise, both). Single models: "
+                "'both' or 'high'.")}),
+        }}
+
+    RETURN_TYPES = (WAN_MODELS,)
+    RETURN_NAMES = ("wan_models",)
+    OUTPUT_TOOLTIPS = ("The model set with the LoRA applied (merged into the weights when the set is used).",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Applies a LoRA (lightx2v/Kijai, musubi-tuner/kohya or diffusers/PEFT keys) to a Wan model set; "
+                   "one summary line says how many modules it matched, and a LoRA for another model is refused "
+                   "with the model it seems made for.")
+
+    def apply(self, wan_models, lora, strength, expert):
+        return (with_lora(wan_models, host.folders().path("loras", lora), strength, expert),)
+
+
+NODE_CLASS_MAPPINGS = {"VPE_WanLoraLoader": WanLoraLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"VPE_WanLoraLoader": "Apply Wan LoRA (VideoPrior Edit)"}
