@@ -184,6 +184,24 @@ def test_pickles_are_refused_unopened(tmp_path, name):
     assert not canary.exists()
 
 
+def test_a_raw_pickle_under_a_safetensors_name_is_refused_and_real_files_never_are(tmp_path, zoo):
+    canary = tmp_path / "unpickled"
+    disguised = tmp_path / "raw.safetensors"
+    disguised.write_bytes(pickle.dumps(_Canary(str(canary)), protocol=4))
+    with pytest.raises(ModelFileError, match="pickle"):
+        load_wan_transformer(disguised)
+    assert not canary.exists()
+    # A safetensors header of 0x..80 bytes starts with the byte pickles start with: still a safetensors file.
+    sd = WeightFile(zoo.file("wan22_i2v_high")).state_dict()
+    for pad in range(256):
+        path = tmp_path / "real.safetensors"
+        save_file(sd, path, metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert_same(load_wan_transformer(path, "fp32"), load_wan_transformer(zoo.file("wan22_i2v_high"), "fp32"))
+
+
 def test_fp8_scaled_file_is_dequantised(zoo, tmp_path):
     sd = WeightFile(zoo.file("wan22_i2v_high")).state_dict()
     fp8, expected = {"scaled_fp8": torch.zeros(2, dtype=torch.float8_e4m3fn)}, {}

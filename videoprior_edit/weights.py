@@ -49,13 +49,16 @@ def refuse_pickle(path: Path) -> None:
         )
     if path.is_file():
         with open(path, "rb") as f:
-            head = f.read(4)
-        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            head = f.read(9)
+        if len(head) == 9 and head[8:9] == b"{":  # safetensors: u64 header length, then the JSON header
+            return
+        pickled = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")  # protocol 2-5
+        if head.startswith(b"PK\x03\x04") or pickled:
             raise ModelFileError(
                 f"'{path.name}' is a pickle/zip checkpoint saved under a .safetensors name; it is refused.",
                 "Use a real .safetensors file from the model's official source.",
             )
-        if head == b"GGUF":
+        if head[:4] == b"GGUF":
             raise ModelFileError(
                 f"'{path.name}' is a GGUF file; this pack loads safetensors only.",
                 "Use the fp16/bf16 or fp8_scaled .safetensors file of the same model.",
