@@ -54,9 +54,10 @@ class IFEditImageToVideo:
             "tld_threshold": ("FLOAT", {"default": 0.9, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": (
                 "Drop frames once the timestep falls below threshold x 1000. 0.9 = Wan2.2-I2V's switch to the "
                 "low-noise expert (the paper).")}),
-            "tld_keep_last": ("BOOLEAN", {"default": True, "tooltip": (
-                "Also keep the last latent frame: it holds the most evolved state, where the edit is read. The "
-                "paper keeps only every K-th (off = literal paper).")}),
+            "tld_keep_last": ("BOOLEAN", {"default": False, "tooltip": (
+                "Also keep the last latent frame (33 frames, K=3: [0, 3, 6, 8] instead of the paper's [0, 3, 6]). "
+                "It holds the most evolved state the layout stage planned, so the clip ends where it was meant to; "
+                "costs one more latent frame of work. Off = the paper.")}),
             "tld_rope": (list(ROPE_MODES), {"default": "original", "tooltip": (
                 "Temporal positions of the kept frames: original (0, K, 2K, ...: the timeline the layout was made "
                 "on) or compact (0, 1, 2, ...).")}),

@@ -96,10 +96,10 @@ def test_demo_command_writes_outputs(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["latent_shape"] == [1, 16, 4, 8, 8] and report["frames"] == 13  # 33 frames, TLD K=3 keeps 4
+    assert report["latent_shape"] == [1, 16, 3, 8, 8] and report["frames"] == 9  # 33 frames, TLD K=3 keeps 3
     assert "Wan2.2-I2V-A14B" in report["model_set"][0] and "8 Lightning steps" in report["settings"]
-    assert any("kept latent frames [0, 3, 6, 8]" in n for n in report["notes"])
-    assert len(list((tmp_path / "out" / "frames").glob("*.png"))) == 13
+    assert any("kept latent frames [0, 3, 6]" in n for n in report["notes"])
+    assert len(list((tmp_path / "out" / "frames").glob("*.png"))) == 9
     for name in ("source.png", "edited.png"):
         assert (tmp_path / "out" / name).is_file()
     assert str(tmp_path / "out" / "report.json") in run.stdout
@@ -122,12 +122,12 @@ def test_edit_command_writes_the_library_result(tmp_path, zoo, capsys):
     source = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
     Image.fromarray(source).save(tmp_path / "in.png")
     args = ["edit", str(tmp_path / "in.png"), "--prompt", "the cat walks away", "--zoo", str(zoo.root), "--out",
-            str(tmp_path / "out"), "--precision", "fp32", "--frames", "13", "--k", "2", "--size-mode", "pad"]
+            str(tmp_path / "out"), "--precision", "fp32", "--frames", "13", "--k", "2", "--keep-last", "--size-mode", "pad"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "padded to 80x64" in printed and "kept latent frames [0, 2, 3]" in printed
     models = load_edit_models(zoo_files(zoo.root), "fp32", placement=Placement("one_expert"))
-    ref = edit_image(models, image_from_uint8(source), "the cat walks away", frames=13, tld_k=2, size_mode="pad",
+    ref = edit_image(models, image_from_uint8(source), "the cat walks away", frames=13, tld_k=2, keep_last=True, size_mode="pad",
                      max_side=832)
     save_edit(ref, source, tmp_path / "ref", frames=False)
     edited = np.asarray(Image.open(tmp_path / "out" / "edited.png"))

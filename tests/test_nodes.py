@@ -100,8 +100,8 @@ def test_editor_node_matches_the_library_and_reports_adjustments(pack, zoo, monk
     node = pack.NODE_CLASS_MAPPINGS["VPE_IFEditImageToVideo"]()
     required = node.INPUT_TYPES()["required"]
     assert (required["frames"][1]["default"], required["steps"][1]["default"], required["tld_k"][1]["default"],
-            required["tld_threshold"][1]["default"], required["scheduler"][1]["default"]) == (33, 8, 3, 0.9,
-                                                                                            "lightning")
+            required["tld_threshold"][1]["default"], required["scheduler"][1]["default"],
+            required["tld_keep_last"][1]["default"]) == (33, 8, 3, 0.9, "lightning", False)
     image = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(0))
     out = node.edit(models, image, "a red cat", "", 32, 8, 1.0, 1.0, 5.0, "lightning", 7, True, 3, 0.9, True,
                     "original", size_mode="pad", max_side=0)

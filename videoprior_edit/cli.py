@@ -43,7 +43,7 @@ def _edit(args) -> int:
     source = np.asarray(Image.open(args.image).convert("RGB"))
     result = edit_image(models, image_from_uint8(source), args.prompt, args.negative_prompt, args.frames,
                         args.steps, args.scheduler, args.shift, args.cfg, args.cfg_low, args.seed, args.k,
-                        args.threshold, not args.drop_last, args.rope, args.solver, args.size_mode, args.max_side)
+                        args.threshold, args.keep_last, args.rope, args.solver, args.size_mode, args.max_side)
     paths = save_edit(result, source, args.out, frames=not args.no_frames)
     print("\n".join(f"note: {n}" for n in result.notes))
     print("outputs: " + "\n         ".join(paths.values()))
@@ -102,7 +102,7 @@ def _edit_parser(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--k", type=int, default=3, help="TLD stride (1 = off)")
     e.add_argument("--threshold", type=float, default=0.9, help="TLD threshold (fraction of 1000 timesteps)")
-    e.add_argument("--drop-last", action="store_true", help="TLD: do not keep the last latent frame")
+    e.add_argument("--keep-last", action="store_true", help="TLD: also keep the last latent frame")
     e.add_argument("--rope", default="original", choices=ROPE_MODES)
     e.add_argument("--solver", default="slice", choices=SOLVER_MODES)
     e.add_argument("--size-mode", default="resize", choices=SIZE_MODES)

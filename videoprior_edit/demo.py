@@ -150,7 +150,7 @@ def run_demo(out_dir: str | Path = "demo_output", models_dir: str | Path | None 
     report = {
         "model_set": models.summary().splitlines(), "placement": place.describe(), "instruction": instruction,
         "settings": "33 frames, " + ("8 Lightning steps, CFG 1" if lightning else "40 UniPC steps, CFG 3.5") +
-                    ", TLD K=3 from t=900 (keep last, original positions)",
+                    ", TLD K=3 from t=900 (original positions)",
         "notes": result.notes, "source_size": [source.shape[1], source.shape[0]],
         "frames": int(result.frames.shape[0]), "latent_shape": list(result.latents.shape),
         "seconds": {"prepare": round(t1 - t0, 2), "load_models": round(t2 - t1, 2), "edit": round(t3 - t2, 2)},

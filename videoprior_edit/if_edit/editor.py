@@ -37,7 +37,7 @@ class EditResult:
 
 def edit_image(models, image: torch.Tensor, prompt: str, negative_prompt: str = "", frames: int = 33, steps: int = 8,
                scheduler: str = "lightning", shift: float = 5.0, cfg_high: float = 1.0, cfg_low: float = 1.0,
-               seed: int = 0, tld_k: int = 3, tld_threshold: float = 0.9, keep_last: bool = True,
+               seed: int = 0, tld_k: int = 3, tld_threshold: float = 0.9, keep_last: bool = False,
                rope: str = "original", solver: str = "slice", size_mode: str = "resize", max_side: int = 0,
                progress=None, hooks: Sequence[SamplingHook] = ()) -> EditResult:
     """Edit `image` (IMAGE `(1, H, W, C)` in [0, 1]) as `prompt` describes (an evolution prompt works best).

@@ -3,8 +3,10 @@
 Once the timestep falls below `threshold * 1000` (default 0.9, Wan2.2-I2V's switch to the low-noise expert), the
 latents keep frame 0 and every K-th frame, once; the I2V condition and the solver's multistep state are sliced the
 same way. The paper leaves three choices open; the defaults and why:
-- keep_last = True: the edit is read from the end of the clip, and the last latent holds the most evolved state the
-  high-noise expert laid out (the paper's "first frame and every K-th" drops it when K does not divide F-1).
+- keep_last = False, the paper's words ("the first frame and every K-th"): 33 frames (9 latents) keep [0, 3, 6]
+  and run the low-noise stage on a third of the tokens. True also keeps the last latent ([0, 3, 6, 8]), which
+  holds the most evolved state the high-noise expert laid out: the clip then ends where it was planned to end,
+  for one more latent frame of work (measured in bench/bench_tld.py).
 - rope = "original": kept frames keep their temporal positions (0, K, 2K, ...), so the low-noise expert sees the
   same timeline it was laid out on (as ChronoEdit does when it drops frames); "compact" renumbers them 0..n-1.
 - solver = "slice": UniPC keeps its second-order history for the kept frames (the state is per element, so this is
@@ -22,7 +24,7 @@ ROPE_MODES = ("original", "compact")
 SOLVER_MODES = ("slice", "reset")
 
 
-def kept_indices(num_latent_frames: int, k: int, keep_last: bool = True) -> list[int]:
+def kept_indices(num_latent_frames: int, k: int, keep_last: bool = False) -> list[int]:
     """Latent frames TLD keeps: 0, K, 2K, ... (and the last one when `keep_last`)."""
     kept = list(range(0, num_latent_frames, k))
     if keep_last and kept[-1] != num_latent_frames - 1:
@@ -41,7 +43,7 @@ class TemporalLatentDropout(SamplingHook):
 
     k: int = 3
     threshold: float = 0.9
-    keep_last: bool = True
+    keep_last: bool = False
     rope: str = "original"
     solver: str = "slice"
 
