@@ -3,7 +3,7 @@
 Setup (outside this repository): a ComfyUI clone, its requirements and this pack's requirements in the Python
 that runs it (COMFYUI_PYTHON, default: this interpreter). The test links the pack into custom_nodes/ of a
 run inside a temporary --base-directory whose models/ is the tiny zoo (the ComfyUI checkout is not touched),
-starts `main.py --cpu` on a free loopback port and reads /object_info.
+starts `main.py --cpu` on a free loopback port, reads /object_info and runs the IF-Edit graph through /prompt.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def server(zoo, tmp_path_factory):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "comfyui-videoprior-edit").symlink_to(REPO, target_is_directory=True)
     (base / "models").symlink_to(zoo.models, target_is_directory=True)
+    (base / "input").mkdir()
+    _source().save(base / "input" / "vpe_source.png")
     port = _free_port()
     log = tmp_path_factory.mktemp("comfy") / "server.log"
     with open(log, "w") as out:
@@ -56,7 +58,7 @@ def server(zoo, tmp_path_factory):
                 time.sleep(1)
         else:
             pytest.fail("ComfyUI did not answer in time:\n" + log.read_text()[-3000:])
-        yield url, log
+        yield url, log, base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -68,7 +70,7 @@ def _get(url: str) -> dict:
 
 
 def test_pack_loads_in_comfyui_without_errors(server):
-    url, log = server
+    url, log, _ = server
     info = _get(url + "/object_info")
     ours = {k: v for k, v in info.items() if k.startswith("VPE_")}
     assert "VPE_WanModelLoader" in ours
@@ -81,10 +83,62 @@ def test_pack_loads_in_comfyui_without_errors(server):
 
 
 def test_loader_dropdowns_list_the_tiny_zoo(server, zoo):
-    url, _ = server
+    url, _, _ = server
     node = _get(url + "/object_info/VPE_WanModelLoader")["VPE_WanModelLoader"]
     required = node["input"]["required"]
     assert zoo.file("wan22_i2v_high").name in required["model"][0]
     assert zoo.file("umt5").name in required["text_encoder"][0]
     assert required["clip_vision"][0][0] == "none"
     assert node["output"] == ["VPE_WAN_MODELS"]
+
+
+def _source():
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8))
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_if_edit_graph_runs_in_comfyui(server, zoo):
+    from PIL import Image
+
+    url, log, base = server
+    name = lambda key: zoo.file(key).name  # noqa: E731
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "vpe_source.png"}},
+        "2": {"class_type": "VPE_WanModelLoader", "inputs": {
+            "model": name("wan22_i2v_high"), "model_low_noise": name("wan22_i2v_low"), "text_encoder": name("umt5"),
+            "vae": name("vae"), "clip_vision": "none", "precision": "fp32", "weight_storage": "default",
+            "placement": "one_expert", "vae_tiling": False}},
+        "3": {"class_type": "VPE_WanLoraLoader", "inputs": {"wan_models": ["2", 0], "lora": name("lightning_high"),
+                                                            "strength": 1.0, "expert": "high"}},
+        "4": {"class_type": "VPE_WanLoraLoader", "inputs": {"wan_models": ["3", 0], "lora": name("lightning_low"),
+                                                            "strength": 1.0, "expert": "low"}},
+        "5": {"class_type": "VPE_IFEditImageToVideo", "inputs": {
+            "wan_models": ["4", 0], "image": ["1", 0], "prompt": "the cat walks out of the frame",
+            "negative_prompt": "", "frames": 32, "steps": 8, "cfg_high_noise": 1.0, "cfg_low_noise": 1.0,
+            "shift": 5.0, "scheduler": "lightning", "seed": 1, "temporal_latent_dropout": True, "tld_k": 3,
+            "tld_threshold": 0.9, "tld_keep_last": False, "tld_rope": "original"}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 1], "filename_prefix": "vpe_edit"}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "vpe_frames"}},
+    }
+    prompt_id = _post(url + "/prompt", {"prompt": prompt, "client_id": "vpe-test"})["prompt_id"]
+    for _ in range(300):  # bounded: at most ~5 minutes
+        history = _get(url + f"/history/{prompt_id}").get(prompt_id)
+        if history and history.get("status", {}).get("completed") is not None:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the graph did not finish:\n" + log.read_text()[-3000:])
+    assert history["status"]["status_str"] == "success", log.read_text()[-3000:]
+    edited = history["outputs"]["6"]["images"]
+    frames = history["outputs"]["7"]["images"]
+    assert len(edited) == 1 and len(frames) == 9  # 33 frames; TLD K=3 keeps latents [0, 3, 6] -> 9 frames
+    with Image.open(base / "output" / edited[0]["filename"]) as picture:
+        assert picture.size == (64, 48)  # 70x50 resized to multiples of 16

@@ -268,3 +268,28 @@ def test_cancel_stops_within_one_step(sets):
         for h in handles:
             h.remove()
     assert len(calls) == 2
+
+
+class _ExtraFrames(SamplingHook):
+    """Extra tokens the way ByG adds them: clean source frames after the noisy ones, at the same positions."""
+
+    def __init__(self):
+        self.seen = []
+
+    def model_input(self, state, x, timestep, positions):
+        frames = x.shape[2]
+        return torch.cat([x, x], dim=2), timestep, list(range(frames)) * 2
+
+    def model_output(self, state, prediction):
+        return prediction[:, :, : state.num_frames]
+
+    def forward_context(self, state, model):
+        return model.register_forward_pre_hook(lambda m, args, kw: self.seen.append(kw["hidden_states"].shape),
+                                               with_kwargs=True)
+
+
+def test_hooks_can_add_tokens_with_their_own_positions(sets):
+    hook = _ExtraFrames()
+    result = sample_i2v(sets("wan22"), image_from_uint8(SOURCE), "a red cat", None, num_frames=9, steps=2,
+                        scheduler="euler", guidance=Guidance(1.0), seed=0, hooks=[hook], decode_video=False)
+    assert hook.seen == [(1, 36, 6, 6, 8)] * 2 and result.latents.shape == (1, 16, 3, 6, 8)

@@ -23,6 +23,10 @@ class PromptEncoder:
         self.text_encoder, self.tokenizer, self.max_tokens = text_encoder, tokenizer, max_tokens
         self._cache: dict[str, torch.Tensor] = {}
 
+    def has(self, prompt: str) -> bool:
+        """Whether `prompt` is already encoded (no text encoder needed for it)."""
+        return prompt in self._cache
+
     def token_count(self, prompt: str) -> int:
         return len(self.tokenizer(clean_prompt(prompt), add_special_tokens=True).input_ids)
 

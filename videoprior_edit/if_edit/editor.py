@@ -49,7 +49,8 @@ def edit_image(models, image: torch.Tensor, prompt: str, negative_prompt: str = 
     fitted, fit = fit_image(image[:1], size_mode, max_side)
     tld = TemporalLatentDropout(tld_k, tld_threshold, keep_last, rope, solver)
     tld.check((frames - 1) // 4 + 1, frames)
-    notes = [n for n in (frame_note, fit.note, _lora_note(models, steps)) if n]
+    batch = f"the image input holds {image.shape[0]} images; editing the first" if image.shape[0] > 1 else ""
+    notes = [n for n in (frame_note, fit.note, batch, _lora_note(models, steps)) if n]
     result = sample_i2v(models, fitted, prompt, negative_prompt, frames, steps, scheduler, shift,
                         Guidance(cfg_high, cfg_low), seed, hooks=([tld] if tld_k > 1 else []) + list(hooks), progress=progress)
     out = fit.restore(image_from_pixels(result.video))

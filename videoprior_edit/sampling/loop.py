@@ -78,7 +78,7 @@ class Embeds:
 def encode_prompts(models, prompt: str, negative: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prompt (and negative) embeddings, each encoded once per model set and cached on CPU."""
     encoder = models.__dict__.setdefault("_prompt_encoder", PromptEncoder(None, models.tokenizer))
-    wanted = [p for p in (prompt, negative) if p is not None and p not in encoder._cache]
+    wanted = [p for p in dict.fromkeys((prompt, negative)) if p is not None and not encoder.has(p)]
     if wanted:
         place = placement_of(models)
         encoder.text_encoder = place.activate(models, "text_encoder")
