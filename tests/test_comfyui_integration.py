@@ -109,7 +109,7 @@ def test_if_edit_graph_runs_in_comfyui(server, zoo):
     from PIL import Image
 
     url, log, base = server
-    name = lambda key: zoo.file(key).name  # noqa: E731
+    name = lambda key: zoo.file(key).name
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "vpe_source.png"}},
         "2": {"class_type": "VPE_WanModelLoader", "inputs": {
