@@ -195,6 +195,8 @@ def test_bad_requests_get_clear_messages(sets, zoo):
             TemporalLatentDropout(threshold=bad)
     with pytest.raises(InputError, match="image-to-video editing needs an I2V model"):
         sample_i2v(sets("t2v"), image, "x", num_frames=9, steps=1)
+    with pytest.raises(ModelFileError, match="a text-to-video model; image editing needs an image-to-video"):
+        load_wan_models(zoo.file("wan21_t2v"), None, zoo.file("umt5"), zoo.file("vae"), task="i2v")
     with pytest.raises(ModelFileError, match="needs both experts"):
         load_wan_models(zoo.file("wan22_i2v_high"), None, zoo.file("umt5"), zoo.file("vae"))
     with pytest.raises(InputError, match="Unknown scheduler"):

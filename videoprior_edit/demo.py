@@ -93,7 +93,7 @@ def load_edit_models(files: dict[str, Path], dtype: str = "bf16", weight_storage
 
     models = load_wan_models(files["model"], files.get("model_low"), files["text_encoder"], files["vae"],
                              files.get("clip_vision"), dtype=dtype, weight_storage=weight_storage,
-                             placement=placement)
+                             placement=placement, task="i2v")
     for slot, expert in (("lora_high", "high"), ("lora_low", "low")):
         if files.get(slot):
             add_lora(models, files[slot], 1.0, expert)

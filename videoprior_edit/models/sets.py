@@ -13,6 +13,9 @@ from .wan import (EXPERT_FOLDERS, _family_description, component_path, expert_hi
                   load_umt5, load_wan_transformer, load_wan_vae)
 
 
+I2V_FAMILIES = ("i2v", "i2v-a14b", "flf2v")
+
+
 @dataclass
 class WanModels:
     """A loaded Wan model set. `transformer` is the single model or the high-noise expert; `transformer_2` the
@@ -63,13 +66,13 @@ def _pipeline_part(root: Path | None, folders: tuple[str, ...]) -> Path | None:
 def load_wan_models(model: str | Path, model_low: str | Path | None = None, text_encoder: str | Path | None = None,
                     vae: str | Path | None = None, clip_vision: str | Path | None = None, dtype: str = "bf16",
                     weight_storage: str = "default", text_encoder_dtype: str | None = None,
-                    vae_dtype: str = "fp32", placement=None) -> WanModels:
+                    vae_dtype: str = "fp32", placement=None, task: str | None = None) -> WanModels:
     """Load a Wan model set from files or folders.
 
     `model` is a ComfyUI single file (the high-noise expert for Wan2.2-A14B), a diffusers pipeline folder or an
     official repo folder; components not given are taken from that folder when it has them. `placement` (a
     `placement.Placement`) moves the components during runs; with "one_expert_disk" the experts are only read when
-    first activated.
+    first activated. `task="i2v"` refuses text-to-video models before any weights are read.
     """
     root = Path(model)
     high_path = _pipeline_part(root, EXPERT_FOLDERS["high"]) or root
@@ -89,6 +92,10 @@ def load_wan_models(model: str | Path, model_low: str | Path | None = None, text
 
     # Every check that the headers can answer comes before gigabytes are read.
     info = inspect_wan(WeightFile(high_path))
+    if task == "i2v" and info.family not in I2V_FAMILIES:
+        raise ModelFileError(f"'{high_path.name}' is {info.names}, a text-to-video model; image editing needs an "
+                             "image-to-video model.", "Pick wan2.2_i2v_high_noise_14B_* and wan2.2_i2v_low_noise_14B_* "
+                             "(or Wan2.1-I2V / ChronoEdit with clip_vision_h).")
     if low_path is None and info.family == "i2v-a14b":
         raise ModelFileError(f"'{high_path.name}' is a Wan2.2-I2V-A14B expert; this model needs both experts.",
                              "Also pick the low-noise file (wan2.2_i2v_low_noise_14B_*.safetensors).")

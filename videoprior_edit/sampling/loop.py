@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..lora import sync_loras
+from ..models.sets import I2V_FAMILIES
 from ..text import PromptEncoder
 from .condition import (
     clip_embeds,
@@ -206,7 +207,7 @@ def _noise(generator: torch.Generator, image: torch.Tensor, num_frames: int, dev
 def check_i2v_request(models, image: torch.Tensor, num_frames: int, last_image: torch.Tensor | None = None) -> None:
     """Clear messages for requests the models cannot run (before anything heavy happens)."""
     family = models.transformer.vpe_info.family
-    if family not in ("i2v", "i2v-a14b", "flf2v"):
+    if family not in I2V_FAMILIES:
         raise InputError(f"{models.name} is a {family.upper()} model; image-to-video editing needs an I2V model.",
                          "Load Wan2.2-I2V-A14B (both experts) or Wan2.1-I2V / ChronoEdit with CLIP in the loader.")
     if image.dim() != 4 or image.shape[-1] not in (3, 4):
