@@ -23,21 +23,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_bench_set, parameters, write_bench_set
+from common import load_bench_set, memory, parameters, write_bench_set
 
 from videoprior_edit.placement import Placement
 from videoprior_edit.text import PromptEncoder
 
 MODES = ("all_on_device", "one_expert_disk")
 SIZE = "bench_large"
-
-
-def memory(field: str) -> int:
-    """A /proc/self/status memory field (VmHWM: peak resident, VmRSS: resident now) in bytes (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status (this benchmark needs Linux)")
 
 
 def two_expert_run(models) -> int:

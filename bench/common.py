@@ -37,3 +37,11 @@ def parameters(model) -> int:
 def median(values) -> float:
     values = sorted(values)
     return values[len(values) // 2]
+
+
+def memory(field: str) -> int:
+    """A /proc/self/status memory field (VmHWM: peak resident, VmRSS: resident now) in bytes (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (this benchmark needs Linux)")

@@ -13,7 +13,11 @@ import torch
 
 from ..images import fit_image, round_frames
 from ..sampling import Guidance, SamplingHook, TemporalLatentDropout, sample_i2v
-from ..sampling.condition import decode, denormalize_latents, image_from_pixels
+from ..sampling.condition import (
+    decode_tail,
+    denormalize_latents,
+    image_from_pixels,
+)
 
 WAN_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
                 "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
@@ -39,11 +43,12 @@ def edit_image(models, image: torch.Tensor, prompt: str, negative_prompt: str = 
                scheduler: str = "lightning", shift: float = 5.0, cfg_high: float = 1.0, cfg_low: float = 1.0,
                seed: int = 0, tld_k: int = 3, tld_threshold: float = 0.9, keep_last: bool = False,
                rope: str = "original", solver: str = "slice", size_mode: str = "resize", max_side: int = 0,
-               progress=None, hooks: Sequence[SamplingHook] = ()) -> EditResult:
+               progress=None, hooks: Sequence[SamplingHook] = (), tail_latents: int = 0) -> EditResult:
     """Edit `image` (IMAGE `(1, H, W, C)` in [0, 1]) as `prompt` describes (an evolution prompt works best).
 
     TLD is off with `tld_k=1`. Any size works (`size_mode`: resize / crop / pad to multiples of 16, after scaling the
     longer side to `max_side` when it is set); frames are rounded to 4k+1. `hooks` run after TLD's.
+    `tail_latents` > 0 decodes only the frames of that many last latent frames (exactly; see `decode_tail`).
     """
     frames, frame_note = round_frames(frames)
     fitted, fit = fit_image(image[:1], size_mode, max_side)
@@ -52,20 +57,21 @@ def edit_image(models, image: torch.Tensor, prompt: str, negative_prompt: str = 
     batch = f"the image input holds {image.shape[0]} images; editing the first" if image.shape[0] > 1 else ""
     notes = [n for n in (frame_note, fit.note, batch, _lora_note(models, steps)) if n]
     result = sample_i2v(models, fitted, prompt, negative_prompt, frames, steps, scheduler, shift,
-                        Guidance(cfg_high, cfg_low), seed, hooks=([tld] if tld_k > 1 else []) + list(hooks), progress=progress)
-    out = fit.restore(image_from_pixels(result.video))
+                        Guidance(cfg_high, cfg_low), seed, hooks=([tld] if tld_k > 1 else []) + list(hooks), progress=progress,
+                        decode_video=tail_latents <= 0)
+    video = result.video if tail_latents <= 0 else _decode_tail(models, result.latents, tail_latents)
+    out = fit.restore(image_from_pixels(video))
     positions = result.positions or list(range(result.latents.shape[2]))
     raw = denormalize_latents(models.vae, result.latents.to(models.vae.dtype)).cpu()
     return EditResult(out, out[-1:], result.latents.cpu(), positions, raw, notes + result.notes, fit.size)
 
 
-def decode_latents(models, latents: torch.Tensor) -> torch.Tensor:
-    """Normalised latents -> IMAGE frames (for nodes that take the editor's latents)."""
+def _decode_tail(models, latents: torch.Tensor, tail: int) -> torch.Tensor:
     from ..sampling.loop import placement_of
 
     place = placement_of(models)
     try:
-        return image_from_pixels(decode(place.activate(models, "vae"), latents))
+        return decode_tail(place.activate(models, "vae"), latents, tail)
     finally:
         place.release(models, "vae")
 

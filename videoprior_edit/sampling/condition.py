@@ -55,6 +55,36 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(denormalize_latents(vae, latents), return_dict=False)[0]
 
 
+@torch.no_grad()
+def decode_tail(vae, latents: torch.Tensor, tail: int = 1, exact: bool = True) -> torch.Tensor:
+    """Pixels of the last `tail` latent frames only, `(B, 3, N, H, W)` in [-1, 1].
+
+    exact: the Wan VAE is causal, so the tail's frames depend on the decoder's cache of every earlier latent; the
+    earlier latents are run through the decoder to build that cache but their pixels are dropped as they come, so
+    the result equals the last 4*tail frames of a full decode while only the tail's pixels are ever held.
+    Not exact (faster): the tail is decoded on its own; its first latent then decodes as a clip's first frame, so
+    N = 1 + 4 (tail - 1) and the pixels differ (README: measured difference).
+    """
+    latents = latents.to(device=vae_device(vae), dtype=vae.dtype)
+    frames = latents.shape[2]
+    tail = max(1, min(int(tail), frames))
+    z = denormalize_latents(vae, latents)
+    if not exact:
+        return vae.decode(z[:, :, frames - tail:], return_dict=False)[0]
+    keep = 4 * tail if tail < frames else 1 + 4 * (frames - 1)
+    if vae.use_tiling or vae.config.patch_size is not None or tail == frames:
+        return vae.decode(z, return_dict=False)[0][:, :, -keep:]  # tiled decoding keeps its own per-tile caches
+    vae.clear_cache()  # the decoder's per-latent loop, as AutoencoderKLWan._decode runs it
+    x, kept = vae.post_quant_conv(z), []
+    for i in range(frames):
+        vae._conv_idx = [0]
+        out = vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
+        if i >= frames - tail:
+            kept.append(out)
+    vae.clear_cache()
+    return torch.clamp(torch.cat(kept, dim=2), min=-1.0, max=1.0)
+
+
 def i2v_condition(vae, first: torch.Tensor, num_frames: int, last: torch.Tensor | None = None,
                   device=None, dtype=torch.float32) -> torch.Tensor:
     """The 20-channel I2V condition for a clip of `num_frames` frames starting at `first` (and ending at `last`,

@@ -93,15 +93,17 @@ def encode_prompts(models, prompt: str, negative: str | None) -> tuple[torch.Ten
 
 
 def denoise(models, state: SamplerState, embeds: Embeds, timesteps: torch.Tensor, guidance: Guidance,
-            hooks: Sequence[SamplingHook] = (), progress: Callable[[int], None] | None = None) -> SamplerState:
-    """Run the denoising steps on `state` (in place) and return it."""
+            hooks: Sequence[SamplingHook] = (), progress: Callable[[int], None] | None = None,
+            expert: str | None = None) -> SamplerState:
+    """Run the denoising steps on `state` (in place) and return it. `expert` ("transformer" / "transformer_2")
+    forces one model for every step instead of switching at the boundary."""
     place = placement_of(models)
     boundary = None if models.transformer_2 is None else models.boundary_ratio * NUM_TRAIN_TIMESTEPS
     for hook in hooks:
         hook.start(state)
     for i, t in enumerate(timesteps):
         state.step, state.t = i, t
-        state.expert = "transformer" if boundary is None or t >= boundary else "transformer_2"
+        state.expert = expert or ("transformer" if boundary is None or t >= boundary else "transformer_2")
         for hook in hooks:
             hook.before_step(state)
         model = place.activate(models, state.expert)
@@ -155,38 +157,36 @@ def sample_i2v(models, image: torch.Tensor, prompt: str, negative_prompt: str | 
                steps: int = 40, scheduler: str = "unipc", shift: float = 5.0, guidance: Guidance | None = None,
                seed: int | torch.Generator = 0, last_image: torch.Tensor | None = None,
                hooks: Sequence[SamplingHook] = (), progress: Callable[[int], None] | None = None,
-               decode_video: bool = True) -> I2VResult:
+               decode_video: bool = True, start_latents: torch.Tensor | None = None, strength: float = 1.0,
+               expert: str | None = None) -> I2VResult:
     """Image-to-video with a Wan I2V model set, in diffusers' order of operations.
 
     `image` / `last_image` are ComfyUI IMAGEs `(1, H, W, C)` in [0, 1], H and W multiples of 16; `num_frames` is
-    4k+1. The negative prompt is encoded only when a guidance scale is > 1.
+    4k+1. The negative prompt is encoded only when a guidance scale is > 1. With `start_latents` (normalised, e.g.
+    a VAE-encoded clip) sampling is SDEdit-style: those latents are noised to the schedule's point `strength`
+    (1 = pure noise) and only the remaining steps run; `expert` forces one model ("transformer_2": low-noise).
     """
     guidance = guidance or Guidance(5.0)
     check_i2v_request(models, image, num_frames, last_image)
+    if not 0 < strength <= 1:
+        raise InputError(f"Strength must be in (0, 1] (got {strength}).", "1 = from noise; 0.3-0.6 keeps the clip.")
     place = placement_of(models)
     device = place.compute_device
     try:
-        cfg = max(guidance.high, guidance.low if guidance.low is not None else guidance.high) > 1
-        prompt_embeds, negative_embeds = encode_prompts(models, prompt, (negative_prompt or "") if cfg else None)
-        image_embeds = None
-        if models.image_encoder is not None:
-            pictures = [to_pil(image[0])] + ([] if last_image is None else [to_pil(last_image[0])])
-            encoder = place.activate(models, "image_encoder")
-            image_embeds = clip_embeds(encoder, models.image_processor, pictures[0] if len(pictures) == 1 else pictures)
-            place.release(models, "image_encoder")
+        embeds = _embeds(models, place, image, last_image, prompt, negative_prompt, guidance)
         sched = make_scheduler(scheduler, shift)
         timesteps = set_schedule(sched, scheduler, steps, device=device)
         generator = seed if isinstance(seed, torch.Generator) else torch.Generator("cpu").manual_seed(int(seed))
-        noise = _noise(generator, image, num_frames, device)
+        latents = _noise(generator, image, num_frames, device)
         vae = place.activate(models, "vae")
         condition = i2v_condition(vae, pixels_from_image(image).to(device), num_frames,
                                   None if last_image is None else pixels_from_image(last_image).to(device), device)
         place.release(models, "vae")
-        state = SamplerState(latents=noise, condition=condition, scheduler=sched)
-        embeds = Embeds(prompt_embeds.to(device), None if negative_embeds is None else negative_embeds.to(device),
-                        None if image_embeds is None else image_embeds.to(device))
+        if start_latents is not None:
+            timesteps, latents = _start_from(sched, timesteps, strength, start_latents.to(device), latents)
+        state = SamplerState(latents=latents, condition=condition, scheduler=sched)
         with torch.no_grad():
-            denoise(models, state, embeds, timesteps, guidance, hooks, progress)
+            denoise(models, state, embeds, timesteps, guidance, hooks, progress, expert)
             video = None
             if decode_video:
                 video = decode(place.activate(models, "vae"), state.latents)
@@ -194,6 +194,32 @@ def sample_i2v(models, image: torch.Tensor, prompt: str, negative_prompt: str | 
     finally:
         place.finish(models)
     return I2VResult(state.latents, state.positions, video, state.notes)
+
+
+def _embeds(models, place, image, last_image, prompt: str, negative_prompt: str | None, guidance: Guidance) -> Embeds:
+    """Prompt (and negative, when a scale is > 1) embeddings and, for CLIP models, the image embeddings."""
+    device = place.compute_device
+    cfg = max(guidance.high, guidance.low if guidance.low is not None else guidance.high) > 1
+    prompt_embeds, negative_embeds = encode_prompts(models, prompt, (negative_prompt or "") if cfg else None)
+    image_embeds = None
+    if models.image_encoder is not None:
+        pictures = [to_pil(image[0])] + ([] if last_image is None else [to_pil(last_image[0])])
+        encoder = place.activate(models, "image_encoder")
+        image_embeds = clip_embeds(encoder, models.image_processor, pictures[0] if len(pictures) == 1 else pictures)
+        place.release(models, "image_encoder")
+    return Embeds(prompt_embeds.to(device), None if negative_embeds is None else negative_embeds.to(device),
+                  None if image_embeds is None else image_embeds.to(device))
+
+
+def _start_from(scheduler, timesteps: torch.Tensor, strength: float, start: torch.Tensor, noise: torch.Tensor):
+    """SDEdit: skip the first steps, noise `start` to the first remaining step's sigma (flow matching)."""
+    if start.shape != noise.shape:
+        raise InputError(f"Start latents {tuple(start.shape)} do not fit the clip {tuple(noise.shape)}.",
+                         "Encode a clip of the same size and frame count.")
+    skip = len(timesteps) - max(1, round(len(timesteps) * strength))
+    scheduler.set_begin_index(skip)
+    sigma = scheduler.sigmas[skip].to(start.device, torch.float32)
+    return timesteps[skip:], (1.0 - sigma) * start.float() + sigma * noise
 
 
 def _noise(generator: torch.Generator, image: torch.Tensor, num_frames: int, device) -> torch.Tensor:
