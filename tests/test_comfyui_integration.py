@@ -24,6 +24,29 @@ pytestmark = pytest.mark.skipif(not COMFYUI, reason="COMFYUI_PATH is not set")
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Real file names the shipped workflows use -> the tiny zoo model that stands in for it.
+STAND_INS = {"chrono_edit_14B_fp16.safetensors": "wan21_i2v", "chronoedit_distill_lora.safetensors": "lightning_high",
+             "wan2.2_i2v_high_noise_14B_fp16.safetensors": "wan22_i2v_high",
+             "wan2.2_i2v_low_noise_14B_fp16.safetensors": "wan22_i2v_low",
+             "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors": "lightning_high",
+             "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors": "lightning_low",
+             "wan2.1_t2v_1.3B_fp16.safetensors": "wan21_t2v", "umt5_xxl_fp16.safetensors": "umt5",
+             "wan_2.1_vae.safetensors": "vae", "clip_vision_h.safetensors": "clip_vision"}
+
+
+def _models_tree(zoo, root: Path) -> None:
+    """The zoo's models as a ComfyUI models folder, plus the real file names linked to their tiny stand-ins."""
+    for folder in zoo.models.iterdir():
+        (root / folder.name).mkdir(parents=True)
+        for item in folder.iterdir():
+            (root / folder.name / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    for real, key in STAND_INS.items():
+        target = zoo.file(key)
+        link = root / target.parent.name / real
+        if not link.exists():
+            link.symlink_to(target)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,9 +59,10 @@ def server(zoo, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")  # keeps the ComfyUI checkout untouched
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "comfyui-videoprior-edit").symlink_to(REPO, target_is_directory=True)
-    (base / "models").symlink_to(zoo.models, target_is_directory=True)
+    _models_tree(zoo, base / "models")
     (base / "input").mkdir()
     _source().save(base / "input" / "vpe_source.png")
+    _source().save(base / "input" / "example.png")
     port = _free_port()
     log = tmp_path_factory.mktemp("comfy") / "server.log"
     with open(log, "w") as out:
@@ -142,3 +166,34 @@ def test_if_edit_graph_runs_in_comfyui(server, zoo):
     assert len(edited) == 1 and len(frames) == 9  # 33 frames; TLD K=3 keeps latents [0, 3, 6] -> 9 frames
     with Image.open(base / "output" / edited[0]["filename"]) as picture:
         assert picture.size == (64, 48)  # 70x50 resized to multiples of 16
+
+
+def _run(url: str, prompt: dict, log: Path, minutes: int = 5) -> dict:
+    prompt_id = _post(url + "/prompt", {"prompt": prompt, "client_id": "vpe-test"})["prompt_id"]
+    for _ in range(minutes * 60):
+        history = _get(url + f"/history/{prompt_id}").get(prompt_id)
+        if history and history.get("status", {}).get("completed") is not None:
+            assert history["status"]["status_str"] == "success", log.read_text()[-3000:]
+            return history
+        time.sleep(1)
+    pytest.fail("the workflow did not finish:\n" + log.read_text()[-3000:])
+
+
+WORKFLOWS = sorted(p for p in (REPO / "workflows" / "api").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_runs_in_comfyui(server, path):
+    from PIL import Image
+
+    url, log, base = server
+    prompt = json.loads(path.read_text())
+    for node in prompt.values():  # tiny-zoo run: small pictures
+        if "max_side" in node["inputs"]:
+            node["inputs"]["max_side"] = 64
+    history = _run(url, prompt, log)
+    saved = [img for out in history["outputs"].values() for img in out.get("images", [])]
+    assert saved, history["outputs"]
+    for img in saved:
+        with Image.open(base / "output" / img.get("subfolder", "") / img["filename"]) as picture:
+            assert picture.size == (64, 48)  # the 70x50 input resized to multiples of 16

@@ -1,0 +1,116 @@
+"""Writes the shipped workflows: UI files (what artists load), their API twins (converted, never hand-kept) and a
+thumbnail each. Run: python workflows/build.py  (tests check the committed files equal what this writes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from videoprior_edit.workflow import Graph, schemas_of, ui_to_api
+
+
+def pack_nodes() -> dict:
+    """The pack's NODE_CLASS_MAPPINGS, imported the way ComfyUI imports a custom-node folder."""
+    name = "comfyui-videoprior-edit"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].NODE_CLASS_MAPPINGS
+
+
+def schemas() -> dict:
+    core = {k: v for k, v in json.loads((HERE / "core_nodes.json").read_text()).items() if not k.startswith("_")}
+    return {**core, **schemas_of(pack_nodes())}
+
+
+CHRONOEDIT_NOTE = """Video4Edit / ChronoEdit tail-frame edit
+
+The edit is the last frame of a 5-frame clip that starts at your image.
+
+Models (videoprior-edit models download chronoedit --models ComfyUI/models):
+- diffusion_models/chrono_edit_14B_fp16.safetensors
+- loras/chronoedit_distill_lora.safetensors (8 steps, CFG 1, shift 2)
+- text_encoders/umt5_xxl_fp16.safetensors, vae/wan_2.1_vae.safetensors
+- clip_vision/clip_vision_h.safetensors
+
+GPU memory (weights, bf16): all_on_device ~48 GB; one_expert (default: the text encoder, then the
+model) ~33 GB; with weight_storage fp8_e4m3fn ~17 GB; block_offload < 4 GB (slow).
+
+Tweak: without the distill LoRA use 50 steps, CFG 5, shift 5 (ChronoEdit's defaults). Write the
+instruction plainly ("add a small hat on the cat"). max_side 1280 = 720p."""
+
+
+def chronoedit(g: Graph) -> None:
+    image = g.node("LoadImage", (40, 80), "Source image", (320, 320), image="example.png")
+    loader = g.node("VPE_WanModelLoader", (40, 460), "ChronoEdit-14B", (380, 280),
+                    model="chrono_edit_14B_fp16.safetensors", model_low_noise="none",
+                    text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors",
+                    clip_vision="clip_vision_h.safetensors", precision="bf16", placement="one_expert")
+    lora = g.node("VPE_WanLoraLoader", (460, 460), "8-step distill LoRA", (340, 130),
+                  lora="chronoedit_distill_lora.safetensors", strength=1.0, expert="both")
+    editor = g.node("VPE_TailFrameEditor", (840, 80), "Tail-frame edit", (380, 520),
+                    instruction="add a small red party hat on the cat's head", steps=8, cfg=1.0, shift=2.0,
+                    scheduler="unipc", seed=42)
+    save = g.node("SaveImage", (1260, 80), "Edited image", (360, 380), filename_prefix="videoprior/chronoedit")
+    g.link(image, "IMAGE", editor, "image")
+    g.link(loader, "wan_models", lora, "wan_models")
+    g.link(lora, "wan_models", editor, "wan_models")
+    g.link(editor, "edited", save, "images")
+    g.note(CHRONOEDIT_NOTE, (460, 640), (560, 380))
+
+
+WORKFLOWS = {"video4edit_chronoedit_tail_frame_edit": chronoedit}
+
+
+def thumbnail(ui: dict, path: Path, title: str) -> None:
+    """A small picture of the graph: one box per node, its title, the links."""
+    from PIL import Image, ImageDraw
+
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    x0 = min(n["pos"][0] for n in ui["nodes"]) - 20
+    y0 = min(n["pos"][1] for n in ui["nodes"]) - 60
+    x1 = max(n["pos"][0] + n["size"][0] for n in ui["nodes"]) + 20
+    y1 = max(n["pos"][1] + n["size"][1] for n in ui["nodes"]) + 20
+    scale = min(512 / (x1 - x0), 288 / (y1 - y0))
+    picture = Image.new("RGB", (512, 288), (30, 30, 34))
+    draw = ImageDraw.Draw(picture)
+    at = lambda x, y: ((x - x0) * scale, (y - y0) * scale)
+    for _, src, _, dst, _, _ in ui["links"]:
+        a, b = nodes[src], nodes[dst]
+        draw.line([at(a["pos"][0] + a["size"][0], a["pos"][1] + 30), at(b["pos"][0], b["pos"][1] + 30)],
+                  fill=(150, 150, 160), width=2)
+    for n in ui["nodes"]:
+        fill = (84, 51, 34) if n["type"] == "Note" else (55, 70, 95) if n["type"].startswith("VPE_") else (60, 60, 64)
+        draw.rectangle([at(*n["pos"]), at(n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])], fill=fill,
+                       outline=(200, 200, 210))
+        draw.text(at(n["pos"][0] + 8, n["pos"][1] + 8), n.get("title", n["type"])[:28], fill=(235, 235, 235))
+    draw.text((8, 6), title, fill=(255, 200, 120))
+    picture.save(path, quality=85)
+
+
+def build(out: Path = HERE) -> list[Path]:
+    written, all_schemas = [], schemas()
+    (out / "api").mkdir(exist_ok=True)
+    for name, make in WORKFLOWS.items():
+        graph = Graph(all_schemas)
+        make(graph)
+        ui = graph.to_ui()
+        for path, data in ((out / f"{name}.json", ui), (out / "api" / f"{name}.json", ui_to_api(ui, all_schemas))):
+            path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+            written.append(path)
+        thumbnail(ui, out / f"{name}.jpg", name.replace("_", " "))
+        written.append(out / f"{name}.jpg")
+    return written
+
+
+if __name__ == "__main__":
+    for path in build():
+        print(path.relative_to(REPO))
