@@ -8,7 +8,8 @@ from .loaders import CATEGORY, WAN_MODELS
 
 
 class WanLoraLoader:
-    """Returns the model set with one more LoRA; the input set is left as it was (no reload when you change it)."""
+    """Returns the model set with one more LoRA; the input set is left as it was (its experts follow whichever set
+    runs: unmerged LoRAs are switched in place, merged ones make the expert re-read its file)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -22,19 +23,25 @@ class WanLoraLoader:
             "expert": (list(EXPERTS), {"default": "both", "tooltip": (
                 "Wan2.2-A14B: which expert gets the LoRA (high = high-noise, low = low-noise, both). Single models: "
                 "'both' or 'high'.")}),
+        }, "optional": {
+            "merge": ("BOOLEAN", {"default": True, "tooltip": (
+                "On: the LoRA is merged into the weights (fastest sampling; changing or removing it later re-reads "
+                "the model file). Off: kept beside the weights (a little slower per step, more memory), so changing "
+                "its strength or bypassing the node is instant and reads no model file.")}),
         }}
 
     RETURN_TYPES = (WAN_MODELS,)
     RETURN_NAMES = ("wan_models",)
-    OUTPUT_TOOLTIPS = ("The model set with the LoRA applied (merged into the weights when the set is used).",)
+    OUTPUT_TOOLTIPS = ("The model set with the LoRA (merged, or kept beside the weights) when the set is used.",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Applies a LoRA (lightx2v/Kijai, musubi-tuner/kohya or diffusers/PEFT keys) to a Wan model set; "
-                   "one summary line says how many modules it matched, and a LoRA for another model is refused "
-                   "with the model it seems made for.")
+    DESCRIPTION = ("Applies a LoRA (lightx2v/Kijai/ComfyUI, musubi-tuner/kohya, diffusers/PEFT, LyCORIS or OneTrainer "
+                   "keys) to a Wan model set, merged or unmerged; chain several nodes to stack LoRAs. One summary "
+                   "line says how many modules it matched, and a LoRA for another model is refused with the model "
+                   "it seems made for.")
 
-    def apply(self, wan_models, lora, strength, expert):
-        return (with_lora(wan_models, host.folders().path("loras", lora), strength, expert),)
+    def apply(self, wan_models, lora, strength, expert, merge=True):
+        return (with_lora(wan_models, host.folders().path("loras", lora), strength, expert, merge=merge),)
 
 
 NODE_CLASS_MAPPINGS = {"VPE_WanLoraLoader": WanLoraLoader}

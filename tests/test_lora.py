@@ -1,5 +1,7 @@
-"""The minimal LoRA loader: every key layout merges like a hand merge from the raw file tensors, nothing the caller
-owns is modified, experts are targeted right, fp8 storage works, and LoRAs for other bases are refused by name."""
+"""The LoRA loader on Wan: every key layout merges like a hand merge from the raw file tensors or like diffusers'
+own loading, nothing the caller owns is modified, experts are targeted right, fp8 storage works, LoRAs for other
+bases are refused by name; unmerged LoRAs compute what merged ones do, change and go without reading any file, and
+model sets switch them in place."""
 
 from __future__ import annotations
 
@@ -9,8 +11,21 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from videoprior_edit.errors import ModelFileError
-from videoprior_edit.lora import add_lora, apply_lora, read_lora
+from videoprior_edit.errors import InputError, ModelFileError
+from videoprior_edit.lora import (
+    LoraLayer,
+    ParamPatch,
+    add_lora,
+    apply_lora,
+    lora_entry,
+    read_lora,
+    remove_lora,
+    set_lora_strength,
+    sync_loras,
+    unmerged_loras,
+    wanted_loras,
+    with_lora,
+)
 from videoprior_edit.models.core import Fp8StorageLinear
 from videoprior_edit.models.sets import WanModels
 from videoprior_edit.models.wan import load_wan_transformer
@@ -208,3 +223,456 @@ def test_pickle_renamed_safetensors_is_refused(zoo, tmp_path):
     torch.save({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(4, 24)}, path)
     with pytest.raises(ModelFileError, match="pickle"):
         apply_lora(load(zoo), path)
+
+
+# ------------------------------------------------------------------------------------------------ formats
+def test_full_musubi_lora_equals_diffusers_loading(zoo, tmp_path):
+    """A complete musubi-tuner LoRA is the one case diffusers' strict musubi converter reads: same weights, exactly."""
+    from diffusers import WanImageToVideoPipeline
+
+    path = tmp_path / "musubi.safetensors"
+    save_file(_relayout(pairs(load_file(zoo.file("lightning_high"))), "musubi"), path)
+    model = load(zoo)
+    report = apply_lora(model, path, 1.0)
+    assert report.format.startswith("musubi-tuner/kohya") and report.matched == report.total == 20
+    pipe = WanImageToVideoPipeline.from_pretrained(zoo.wan22_i2v_diffusers)
+    pipe.load_lora_weights(load_file(path), adapter_name="musubi")
+    pipe.fuse_lora(components=["transformer"], lora_scale=1.0)
+    pipe.unload_lora_weights()
+    theirs = pipe.transformer.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+
+
+def test_musubi_lora_trained_with_include_exclude_patterns(zoo, tmp_path):
+    """Partial musubi LoRAs (some blocks, some layers) load (diffusers' musubi converter needs every layer)."""
+    modules = pairs(load_file(zoo.file("lightning_high")))
+    keep = {m: p for m, p in modules.items()
+            if m.startswith("blocks.0.ffn.") or m in ("blocks.1.cross_attn.q", "blocks.1.self_attn.o")}
+    path = tmp_path / "partial.safetensors"
+    save_file(_relayout(keep, "musubi"), path)
+    base, model = load(zoo), load(zoo)
+    report = apply_lora(model, path, 0.8)
+    assert_merged(model, base, hand_merged(base, keep, 0.8))
+    assert report.matched == report.total == 4 and not report.unmatched
+
+
+def test_diffusers_saved_lora_with_alpha_metadata_equals_diffusers_loading(zoo, tmp_path):
+    """A LoRA saved by diffusers keeps lora_alpha in the safetensors metadata; it scales like diffusers loads it."""
+    from diffusers import WanImageToVideoPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = WanImageToVideoPipeline.from_pretrained(zoo.wan22_i2v_diffusers)
+    config = LoraConfig(r=4, lora_alpha=2, target_modules=["to_q", "to_v", "ffn.net.2"],
+                        alpha_pattern={"ffn.net.2": 8})
+    pipe.transformer.add_adapter(config, adapter_name="trained")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    layers = get_peft_model_state_dict(pipe.transformer, adapter_name="trained")
+    WanImageToVideoPipeline.save_lora_weights(tmp_path, transformer_lora_layers=layers,
+                                              transformer_lora_adapter_metadata=config.to_dict())
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    assert all(k.startswith("transformer.") and ".alpha" not in k for k in load_file(path))
+    pipe = WanImageToVideoPipeline.from_pretrained(zoo.wan22_i2v_diffusers)  # diffusers reads the file back
+    pipe.load_lora_weights(path, adapter_name="trained")
+    pipe.fuse_lora(components=["transformer"], lora_scale=0.5)
+    pipe.unload_lora_weights()
+    model = load(zoo)
+    report = apply_lora(model, path, 0.5)
+    assert report.format.startswith("diffusers/PEFT") and report.matched == report.total == 10
+    theirs = pipe.transformer.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, theirs[k], rtol=0, atol=1e-6), k
+    ours = read_lora(path).deltas
+    assert {d.alpha for n, d in ours.items() if "ffn" in n} == {8.0} and {d.alpha for d in ours.values()} == {2.0, 8.0}
+
+
+def _i2v(zoo, **kw):
+    return load_wan_transformer(zoo.file("wan21_i2v"), "fp32", **kw)
+
+
+def _i2v_lora(model, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """A lightx2v/Kijai-style LoRA for every parameter of a Wan2.1-I2V model, in original names: low-rank pairs for
+    the Linears (k_img/v_img, img_emb and head included), diff for norms and the patch embedding, diff_b for biases,
+    diff_m for the modulation tables."""
+    from videoprior_edit.models.wan_keys import wan_key_to_original
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in model.named_parameters():
+        original = wan_key_to_original(name)
+        if original is None or "emb_pos" in original:
+            continue
+        if original.endswith("modulation"):
+            out[f"diffusion_model.{original[:-len('modulation')]}diff_m"] = 0.05 * torch.randn(p.shape, generator=gen)
+            continue
+        module, kind = original.rsplit(".", 1)
+        key = f"diffusion_model.{module}"
+        if kind == "bias":
+            out[f"{key}.diff_b"] = 0.05 * torch.randn(p.shape, generator=gen)
+        elif p.dim() == 2:
+            out[f"{key}.lora_down.weight"] = 0.1 * torch.randn(4, p.shape[1], generator=gen)
+            out[f"{key}.lora_up.weight"] = 0.1 * torch.randn(p.shape[0], 4, generator=gen)
+            out[f"{key}.alpha"] = torch.tensor(8.0)
+        else:
+            out[f"{key}.diff"] = 0.05 * torch.randn(p.shape, generator=gen)
+    return {k: v.to(dtype) for k, v in out.items()}
+
+
+def _hand_merge_all(model, sd: dict, strength: float) -> dict[str, torch.Tensor]:
+    """Expected weights for `_i2v_lora` files, computed from the file's tensors by hand."""
+    from videoprior_edit.models.wan_keys import wan_key_to_diffusers
+
+    params = dict(model.named_parameters())
+    out = {}
+    for key, t in sd.items():
+        module, kind = key[len("diffusion_model."):].rsplit(".", 1) if not key.endswith("weight") else \
+            (key[len("diffusion_model."):].rsplit(".", 2)[0], "pair")
+        if kind == "pair" and ".lora_down." in key:
+            name = wan_key_to_diffusers(module + ".weight")
+            up, down = sd[key.replace("lora_down", "lora_up")].float(), t.float()
+            delta = (up @ down) * (sd[f"diffusion_model.{module}.alpha"].item() / 4)
+        elif kind in ("diff", "diff_b"):
+            name = wan_key_to_diffusers(module + (".weight" if kind == "diff" else ".bias"))
+            delta = t.float()
+        elif kind == "diff_m":
+            name = wan_key_to_diffusers(module + ".modulation")
+            delta = t.float()
+        else:
+            continue
+        out[name] = (params[name].float() + strength * delta.reshape(params[name].shape)).to(params[name].dtype)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_every_lightx2v_key_kind_on_wan21_i2v(zoo, tmp_path, dtype):
+    """k_img/v_img, img_emb, head, patch embedding, norms, biases, modulation: every parameter of a Wan2.1-I2V model,
+    from fp32, fp16 and bf16 files, merged like a hand merge of the file's own values."""
+    base = _i2v(zoo)
+    sd = _i2v_lora(base, dtype=dtype)
+    assert any(".k_img." in k for k in sd) and any("img_emb." in k for k in sd) and any("head.head" in k for k in sd)
+    path = tmp_path / "all.safetensors"
+    save_file(sd, path)
+    model = _i2v(zoo)
+    report = apply_lora(model, path, -0.6)
+    expected = _hand_merge_all(base, sd, -0.6)
+    assert_merged(model, base, expected)
+    assert report.matched == report.total and not report.unmatched and not report.ignored
+    changed = {n for n, t in model.state_dict().items() if not torch.equal(t, base.state_dict()[n])}
+    assert changed == {n for n, _ in base.named_parameters() if "pos_embed" not in n}
+    assert {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[report.format.split(", ")[1]] == dtype
+
+
+@pytest.mark.parametrize("layout", ["lycoris", "onetrainer", "comfyui", "peft_named"])
+def test_lycoris_onetrainer_comfyui_and_named_peft_keys(zoo, tmp_path, layout):
+    from videoprior_edit.models.wan_keys import wan_key_to_diffusers
+
+    modules = pairs(load_file(zoo.file("lightning_high")))
+    sd = {}
+    for module, p in modules.items():
+        diffusers = wan_key_to_diffusers(module + ".weight")[: -len(".weight")]
+        if layout == "lycoris":  # SimpleTuner LyCORIS: original names with `_`
+            key = "lycoris_" + module.replace(".", "_")
+            sd |= {f"{key}.lora_down.weight": p["down"], f"{key}.lora_up.weight": p["up"], f"{key}.alpha": p["alpha"]}
+        elif layout == "onetrainer":  # diffusers names with `_`
+            key = "lora_transformer_" + diffusers.replace(".", "_")
+            sd |= {f"{key}.lora_down.weight": p["down"], f"{key}.lora_up.weight": p["up"], f"{key}.alpha": p["alpha"]}
+        elif layout == "comfyui":  # ComfyUI's LoRA save: original names, lora_up/down, bias diffs
+            key = f"diffusion_model.{module}"
+            sd |= {f"{key}.lora_down.weight": p["down"], f"{key}.lora_up.weight": p["up"], f"{key}.alpha": p["alpha"],
+                   f"{key}.diff_b": torch.full((p["up"].shape[0],), 0.01)}
+        else:  # PEFT state dict with the adapter name still in the keys, no alpha
+            key = f"base_model.model.{diffusers}"
+            sd |= {f"{key}.lora_A.default.weight": p["down"], f"{key}.lora_B.default.weight": p["up"]}
+    path = tmp_path / f"{layout}.safetensors"
+    save_file(sd, path)
+    base, model = load(zoo), load(zoo)
+    report = apply_lora(model, path, 0.5)
+    expected = hand_merged(base, modules, 0.5, use_alpha=layout != "peft_named")
+    if layout == "comfyui":
+        params = dict(base.named_parameters())
+        for module in modules:
+            bias = wan_key_to_diffusers(module + ".bias")
+            expected[bias] = params[bias] + 0.5 * 0.01
+    assert_merged(model, base, expected)
+    assert report.matched == report.total == 20
+
+
+def test_text_encoder_keys_are_skipped_and_counted(zoo, tmp_path):
+    sd = load_file(zoo.file("lightning_high"))
+    sd |= {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8),
+           "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(8, 4),
+           "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.lora_up.weight": torch.zeros(8, 4),
+           "diffusion_model.blocks.0.self_attn.q.some_new_thing": torch.zeros(3)}
+    save_file(sd, tmp_path / "te.safetensors")
+    base, model = load(zoo), load(zoo)
+    report = apply_lora(model, tmp_path / "te.safetensors", 1.0)
+    assert_merged(model, base, hand_merged(base, pairs(load_file(zoo.file("lightning_high"))), 1.0))
+    assert (report.matched, report.total, report.skipped) == (20, 20, 3)
+    assert report.ignored == ["diffusion_model.blocks.0.self_attn.q.some_new_thing"]
+    assert "3 text-encoder keys skipped" in report.summary() and "1 keys not understood" in report.summary()
+
+
+@pytest.mark.parametrize("kind", ["dora_scale", "lokr_w1", "hada_w1_a"])
+def test_lycoris_algorithms_and_dora_are_refused_by_name(zoo, tmp_path, kind):
+    sd = load_file(zoo.file("lightning_high"))
+    sd[f"diffusion_model.blocks.0.self_attn.q.{kind}"] = torch.ones(24, 1)
+    save_file(sd, tmp_path / "x.safetensors")
+    model = load(zoo)
+    name = {"dora_scale": "DoRA", "lokr_w1": "LoKr", "hada_w1_a": "LoHa"}[kind]
+    with pytest.raises(ModelFileError, match=name):
+        apply_lora(model, tmp_path / "x.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), load(zoo).state_dict().values()))
+
+
+def test_wrong_base_messages_name_sizes_and_families(zoo, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    sd_unet = {f"lora_unet_down_blocks_0_attentions_0_proj_in.{s}": torch.randn(4, 24, generator=gen)
+               for s in ("lora_down.weight", "lora_up.weight")}
+    small = {f"diffusion_model.blocks.{i}.self_attn.{m}.{s}": torch.randn(4, 1536, generator=gen)
+             for i in range(30) for m in "qk" for s in ("lora_down.weight",)}
+    small |= {k.replace("lora_down", "lora_up"): torch.randn(1536, 4, generator=gen) for k in small}
+    for name, sd, words in (("unet", sd_unet, ["Stable Diffusion / SDXL"]),
+                            ("small", small, ["Wan2.1-T2V-1.3B", "30 blocks", "hidden size 1536"])):
+        save_file(sd, tmp_path / f"{name}.safetensors")
+        with pytest.raises(ModelFileError) as err:
+            apply_lora(load(zoo), tmp_path / f"{name}.safetensors")
+        assert all(w in str(err.value) for w in words), str(err.value)
+        assert "tiny test Wan2.2-I2V-A14B" in str(err.value) and "2 blocks, hidden size 24" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ unmerged
+def _wan_forward(model, image: bool = False) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, model.config.in_channels, 2, 4, 4, generator=gen)
+    text = torch.randn(1, 8, 32, generator=gen)
+    kw = {"encoder_hidden_states_image": torch.randn(1, 5, 32, generator=gen)} if image else {}
+    dtype = model.patch_embedding.weight.dtype
+    with torch.no_grad():
+        return model(hidden_states=x.to(dtype), timestep=torch.tensor([500.0]), encoder_hidden_states=text.to(dtype),
+                     return_dict=False, **{k: v.to(dtype) for k, v in kw.items()})[0]
+
+
+def test_unmerged_equals_merged_and_leaves_no_trace(zoo, tmp_path):
+    base = _i2v(zoo)
+    sd = _i2v_lora(base)
+    sd["diffusion_model.blocks.0.ffn.0.diff"] = 0.05 * torch.randn(32, 24)  # a full delta beside a pair
+    save_file(sd, tmp_path / "all.safetensors")
+    merged, unmerged = _i2v(zoo), _i2v(zoo)
+    apply_lora(merged, tmp_path / "all.safetensors", 0.7)
+    report = apply_lora(unmerged, tmp_path / "all.safetensors", 0.7, merge=False, name="style")
+    assert report.adapter == "style" and not report.merged and "added unmerged to" in report.summary()
+    plain, want, got = _wan_forward(base, True), _wan_forward(merged, True), _wan_forward(unmerged, True)
+    assert (got - want).abs().max() < 1e-5 < (want - plain).abs().max()
+    linears = {n for n, m in unmerged.named_modules() if isinstance(m, LoraLayer)}
+    assert "blocks.0.attn2.add_k_proj.vpe_lora" in linears and "proj_out.vpe_lora" in linears
+    assert unmerged.state_dict().keys() == base.state_dict().keys()
+    assert dict(unmerged.named_parameters()).keys() == dict(base.named_parameters()).keys()
+    assert unmerged_loras(unmerged) == {"style": 0.7}
+    remove_lora(unmerged, "style")
+    assert torch.equal(_wan_forward(unmerged, True), plain) and unmerged_loras(unmerged) == {}
+    assert_merged_none(unmerged, base)
+    assert not any(isinstance(m, (LoraLayer, ParamPatch)) for m in unmerged.modules())
+    assert not any(m._forward_hooks for m in unmerged.modules())
+
+
+def assert_merged_none(model, base) -> None:
+    ref = base.state_dict()
+    assert all(torch.equal(t, ref[n]) and t.dtype == ref[n].dtype for n, t in model.state_dict().items())
+
+
+def test_strength_changes_and_removal_read_no_file(zoo, tmp_path, monkeypatch):
+    from videoprior_edit import weights
+
+    base = _i2v(zoo)
+    save_file(_i2v_lora(base, seed=1), tmp_path / "a.safetensors")
+    save_file(_i2v_lora(base, seed=2), tmp_path / "b.safetensors")
+    model = _i2v(zoo)
+    apply_lora(model, tmp_path / "a.safetensors", 1.0, merge=False, name="a")
+    apply_lora(model, tmp_path / "b.safetensors", -0.5, merge=False, name="b")
+    reads = []
+    real_open = weights.safe_open
+    monkeypatch.setattr(weights, "safe_open", lambda *a, **k: reads.append(a) or real_open(*a, **k))
+    expected = {}
+    for sa, sb in ((1.0, -0.5), (0.25, -0.5), (0.25, 1.5), (0.0, 1.5)):
+        set_lora_strength(model, "a", sa)
+        set_lora_strength(model, "b", sb)
+        reference = _i2v(zoo)
+        apply_lora(reference, tmp_path / "a.safetensors", sa)
+        apply_lora(reference, tmp_path / "b.safetensors", sb)
+        expected[sa, sb] = _wan_forward(reference, True)
+        reads.clear()
+        assert (_wan_forward(model, True) - expected[sa, sb]).abs().max() < 1e-5, (sa, sb)
+    remove_lora(model, "b")
+    set_lora_strength(model, "a", -0.75)
+    remove_lora(model, "a")
+    assert reads == []
+    assert torch.equal(_wan_forward(model, True), _wan_forward(base, True))
+    assert_merged_none(model, base)
+    with pytest.raises(InputError, match="No LoRA named 'a'"):
+        set_lora_strength(model, "a", 1.0)
+
+
+def test_stacking_merged_and_unmerged_with_negative_strengths(zoo, tmp_path):
+    base = _i2v(zoo)
+    files = []
+    for i, seed in enumerate((4, 5, 6)):
+        files.append(tmp_path / f"{i}.safetensors")
+        save_file(_i2v_lora(base, seed=seed), files[-1])
+    strengths = (0.6, -0.4, 1.2)
+    reference = _i2v(zoo)
+    for f, s in zip(files, strengths):
+        apply_lora(reference, f, s)
+    mixed = _i2v(zoo)
+    apply_lora(mixed, files[0], strengths[0], merge=False)
+    apply_lora(mixed, files[1], strengths[1])  # merged under an unmerged one: norms keep both
+    apply_lora(mixed, files[2], strengths[2], merge=False)
+    assert (_wan_forward(mixed, True) - _wan_forward(reference, True)).abs().max() < 1e-5
+    remove_lora(mixed, str(files[0]))
+    remove_lora(mixed, str(files[2]))
+    only_merged = _i2v(zoo)
+    apply_lora(only_merged, files[1], strengths[1])
+    for name, t in mixed.state_dict().items():
+        assert (t - only_merged.state_dict()[name]).abs().max() < 1e-6, name
+    apply_lora(mixed, files[1], 1.0, merge=False)
+    with pytest.raises(InputError, match="already applied unmerged"):
+        apply_lora(mixed, files[1], 1.0, merge=False)
+
+
+def test_unmerged_never_shares_or_writes_the_callers_tensors(zoo):
+    sd = _i2v_lora(_i2v(zoo))
+    copy = {k: v.clone() for k, v in sd.items()}
+    model = _i2v(zoo)
+    apply_lora(model, sd, 0.5, merge=False, name="x")
+    set_lora_strength(model, "x", -2.0)
+    apply_lora(model, sd, 0.5, name="merged")
+    remove_lora(model, "x")
+    assert all(torch.equal(sd[k], copy[k]) for k in copy)
+    model2 = _i2v(zoo)
+    apply_lora(model2, sd, 0.5, merge=False, name="x")
+    ours = {t.untyped_storage().data_ptr() for m in model2.modules() if isinstance(m, (LoraLayer, ParamPatch))
+            for t in m._buffers.values()}
+    assert ours and not ours & {t.untyped_storage().data_ptr() for t in sd.values()}
+
+
+def _dequantized(model):
+    """An fp8-storage model as plain float32 Linears holding the same (upcast) weights."""
+    for m in model.modules():
+        if isinstance(m, Fp8StorageLinear):
+            m.weight = torch.nn.Parameter(m.weight.float(), requires_grad=False)
+            m.__class__ = torch.nn.Linear
+    return model.float()
+
+
+def test_unmerged_on_fp8_storage(zoo):
+    """fp8-storage Linears take unmerged LoRAs in their compute dtype (bf16): the result is the fp8 weights plus the
+    exact LoRA, up to bf16 compute rounding."""
+    fp8 = lambda: load_wan_transformer(zoo.file("wan22_i2v_high"), "bf16", "fp8_e4m3fn")
+    unmerged, plain = fp8(), fp8()
+    apply_lora(unmerged, zoo.file("lightning_high"), 1.0, merge=False)
+    assert isinstance(unmerged.blocks[0].attn1.to_q, Fp8StorageLinear)
+    assert unmerged.blocks[0].attn1.to_q.vpe_lora.a0_down.dtype == torch.bfloat16
+    assert unmerged.blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
+    exact_plain, exact = _dequantized(fp8()), _dequantized(fp8())
+    apply_lora(exact, zoo.file("lightning_high"), 1.0)
+    rounding = (_wan_forward(plain).float() - _wan_forward(exact_plain)).abs().max()  # bf16 compute alone
+    error = (_wan_forward(unmerged).float() - _wan_forward(exact)).abs().max()
+    effect = (_wan_forward(exact) - _wan_forward(exact_plain)).abs().max()
+    assert error <= 2 * rounding and effect > 2 * error, (error, rounding, effect)
+
+
+# ------------------------------------------------------------------------------------------------ model sets
+def _files_set(zoo, placement=None):
+    from videoprior_edit.models.sets import load_wan_models
+
+    return load_wan_models(zoo.file("wan22_i2v_high"), zoo.file("wan22_i2v_low"), zoo.file("umt5"), zoo.file("vae"),
+                           dtype="fp32", placement=placement)
+
+
+@pytest.mark.parametrize("mode", ["one_expert", "one_expert_disk", "block_offload"])
+def test_an_unmerged_set_never_changes_the_set_it_came_from(zoo, mode, tmp_path, monkeypatch):
+    """The unmerged twin of test_sampling's test: sets made with with_lora(merge=False) share the experts; each runs
+    what it lists, switching LoRAs in place (no base file is read, except where the placement parks on disk)."""
+    from test_sampling import SOURCE
+
+    from videoprior_edit import placement as placement_module
+    from videoprior_edit.placement import Placement
+    from videoprior_edit.sampling import Guidance, sample_i2v
+    from videoprior_edit.sampling.condition import image_from_uint8
+
+    def run(models):
+        return sample_i2v(models, image_from_uint8(SOURCE), "a red cat", None, num_frames=9, steps=4,
+                          scheduler="lightning", guidance=Guidance(1.0), seed=0, decode_video=False).latents
+
+    base = _files_set(zoo, Placement(mode, device="cpu"))
+    plain = run(base)
+    reloads = []
+    real = placement_module._reload
+    monkeypatch.setattr(placement_module, "_reload", lambda *a: reloads.append(a[1]) or real(*a))
+    lit = with_lora(with_lora(base, zoo.file("lightning_high"), 1.0, "high", merge=False),
+                    zoo.file("lightning_low"), 0.5, "low", merge=False)
+    assert lit.loras[0] == (str(zoo.file("lightning_high")), 1.0, "high", False)
+    lit_result = run(lit)
+    assert base.loras == [] and not torch.equal(lit_result, plain)
+    assert torch.equal(run(base), plain)  # LoRAs switched off in place
+    assert torch.equal(run(lit), lit_result)
+    weaker = with_lora(with_lora(base, zoo.file("lightning_high"), 0.3, "high", merge=False),
+                       zoo.file("lightning_low"), 0.5, "low", merge=False)
+    weaker_result = run(weaker)
+    if mode != "one_expert_disk":
+        assert reloads == []  # strength changes and removals never re-read an expert
+    merged = with_lora(with_lora(_files_set(zoo), zoo.file("lightning_high"), 1.0, "high"),
+                       zoo.file("lightning_low"), 0.5, "low")
+    assert (run(merged) - lit_result).abs().max() < 1e-4
+    merged_weaker = with_lora(with_lora(_files_set(zoo), zoo.file("lightning_high"), 0.3, "high"),
+                              zoo.file("lightning_low"), 0.5, "low")
+    assert (run(merged_weaker) - weaker_result).abs().max() < 1e-4
+
+
+def test_set_mixes_merged_and_unmerged_and_logs_one_line(zoo, tmp_path, caplog):
+    models = _files_set(zoo)
+    with caplog.at_level(logging.INFO, logger="videoprior_edit.lora"):
+        reports = add_lora(models, zoo.file("lightning_high"), 0.5, "both", merge=False)
+    assert len(caplog.records) == 1 and "high-noise expert" in caplog.text and "low-noise expert" in caplog.text
+    assert [r.merged for r in reports] == [False, False]
+    add_lora(models, zoo.file("lightning_low"), 1.0, "low")
+    assert wanted_loras(models, "transformer_2") == ((str(zoo.file("lightning_low")), 1.0),)
+    assert wanted_loras(models, "transformer_2", merged=False) == ((str(zoo.file("lightning_high")), 0.5),)
+    assert [lora_entry(e) for e in models.loras] == [(str(zoo.file("lightning_high")), 0.5, "both", False),
+                                                     (str(zoo.file("lightning_low")), 1.0, "low", True)]
+    low = models.transformer_2
+    assert low.vpe_loras == ((str(zoo.file("lightning_low")), 1.0),)
+    assert unmerged_loras(low) == {"set:" + str(zoo.file("lightning_high")): 0.5}
+    reference = load(zoo, "low")
+    apply_lora(reference, zoo.file("lightning_high"), 0.5)
+    apply_lora(reference, zoo.file("lightning_low"), 1.0)
+    assert (_wan_forward(low) - _wan_forward(reference)).abs().max() < 1e-5
+    models.loras[0] = (str(zoo.file("lightning_high")), -1.0, "both", False)  # edit the list: synced when used
+    sync_loras(models, "transformer_2")
+    assert unmerged_loras(low) == {"set:" + str(zoo.file("lightning_high")): -1.0}
+    models.loras.pop(1)  # a merged one removed: the expert is read again, the unmerged one comes back
+    sync_loras(models, "transformer_2")
+    assert low.vpe_loras == () and unmerged_loras(low) == {"set:" + str(zoo.file("lightning_high")): -1.0}
+    reference = load(zoo, "low")
+    apply_lora(reference, zoo.file("lightning_high"), -1.0)
+    assert (_wan_forward(low) - _wan_forward(reference)).abs().max() < 1e-5
+
+
+def test_lora_node_merge_input(pack, zoo, monkeypatch):
+    from test_nodes import _zoo_set
+
+    node = pack.NODE_CLASS_MAPPINGS["VPE_WanLoraLoader"]()
+    spec = node.INPUT_TYPES()
+    assert list(spec["required"]) == ["wan_models", "lora", "strength", "expert"]
+    assert spec["optional"]["merge"][0] == "BOOLEAN" and spec["optional"]["merge"][1]["default"] is True
+    models = _zoo_set(pack, zoo, monkeypatch)
+    q = models.transformer.blocks[0].attn1.to_q.weight.clone()
+    (lit,) = node.apply(models, zoo.file("lightning_high").name, 0.5, "high", merge=False)
+    assert lit.loras == [(str(zoo.file("lightning_high")), 0.5, "high", False)] and models.loras == []
+    assert torch.equal(lit.transformer.blocks[0].attn1.to_q.weight, q)  # kept beside the weights
+    assert unmerged_loras(lit.transformer) == {"set:" + str(zoo.file("lightning_high")): 0.5}
+    (merged,) = node.apply(models, zoo.file("lightning_high").name, 0.5, "high")
+    assert merged.loras == [(str(zoo.file("lightning_high")), 0.5, "high")]

@@ -194,7 +194,7 @@ def _park(module: nn.Module) -> None:
 def reload_weights(models, name: str) -> nn.Module:
     """Read `models.<name>`'s weights again from its source file with the set's load options, into the same module
     object (a parked one comes back to `offload_device`'s CPU, a loaded one stays on its device). Experts come back
-    without LoRAs (`vpe_loras` is emptied). Returns the module."""
+    without LoRAs (`vpe_loras` is emptied, unmerged LoRAs are dropped: `lora.forget_loras`). Returns the module."""
     module = _component(models, name)
     path = models.sources.get(_SOURCES[name], "")
     if not path or not Path(path).exists():
@@ -204,7 +204,9 @@ def reload_weights(models, name: str) -> nn.Module:
                              "the waiting model in RAM instead.")
     _transplant(module, _reload(models, name, module, path), path)
     if name in EXPERTS:
-        module.vpe_loras = ()
+        from .lora import forget_loras
+
+        forget_loras(module)  # merged and unmerged LoRAs: the weights are the file's now
     return module
 
 
