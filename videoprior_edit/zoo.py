@@ -6,7 +6,8 @@
                              have them;
   root/diffusers/...         diffusers pipeline folders of the same weights (`save_pretrained` layout);
   root/official/...          the official sharded Wan2.2-I2V-A14B layout (high/low_noise_model shards + index);
-  plus a tiny FLUX.1 (transformer, CLIP-L, T5-XXL, VAE, tokenizer folders) in both layouts (`zoo_flux.py`).
+  plus a tiny FLUX.1 (transformer, CLIP-L, T5-XXL, VAE, tokenizer folders) in both layouts (`zoo_flux.py`) and tiny
+  Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE folders in models/LLM (`zoo_qwen.py`).
 Every layout holds the same tensors for a seed, so tests can compare loads across layouts exactly.
 Command: `videoprior-edit zoo --out DIR`.
 """
@@ -82,6 +83,13 @@ class Zoo:
         from .zoo_flux import flux_zoo_paths
 
         return flux_zoo_paths(self.root)
+
+    @property
+    def qwen_vl(self) -> dict[str, Path]:
+        """Tiny Qwen-VL model folders in models/LLM, by family (qwen2_5_vl, qwen3_vl, qwen3_vl_moe)."""
+        from .zoo_qwen import qwen_zoo_paths
+
+        return qwen_zoo_paths(self.root)
 
 
 def random_model(factory, seed: int) -> torch.nn.Module:
@@ -262,6 +270,9 @@ def _write_zoo(root: Path, seed: int) -> Zoo:
     from .zoo_flux import write_flux_zoo
 
     write_flux_zoo(zoo.root, seed)
+    from .zoo_qwen import write_qwen_zoo
+
+    write_qwen_zoo(zoo.root, seed)
     (zoo.root / "zoo.json").write_text(json.dumps({"seed": seed, "files": FILES}, indent=2))
     return zoo
 
