@@ -1,0 +1,164 @@
+"""ByG image editing on FLUX.1-dev: the source image's VAE tokens are concatenated after the noisy tokens (the ByG
+paper, appendix B) and the prediction is sliced back to the noisy tokens.
+
+Position modes: "byg" (the source tokens get the noisy tokens' ids: "the same positional encodings") or "kontext"
+(FLUX.1-Kontext's ids: the first id channel is 1 for the source tokens). The sampler follows diffusers'
+`FluxKontextPipeline` step for step (prompt encoding, VAE encoding with the latent mode, seeded noise, packing,
+FlowMatchEuler with FLUX's resolution-dependent shift `mu`, guidance embedding, slicing), so in "kontext" mode it
+reproduces that pipeline exactly when everything runs in one dtype. Defaults: the paper's 20 steps; guidance 3.5
+(FLUX.1-dev's default; Kontext's own is 2.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..images import fit_image
+from ..models.flux import scheduler_config
+from .flux import sync_flux_loras
+
+POSITION_MODES = ("byg", "kontext")
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 3.5
+NATIVE_MAX_SIDE = 1024
+
+
+@dataclass
+class ImageEdit:
+    """image `(B, H, W, 3)` in [0, 1] at the source's size; latents: the final packed latents; notes."""
+
+    image: torch.Tensor
+    latents: torch.Tensor
+    notes: list[str] = field(default_factory=list)
+
+
+def calculate_shift(seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+                    max_shift: float = 1.15) -> float:
+    """FLUX's time shift `mu` for `seq_len` image tokens (as diffusers' Flux pipelines compute it)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return seq_len * m + (base_shift - m * base_seq_len)
+
+
+def latent_ids(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """FLUX's ids `(h*w, 3)` for a packed grid of `height x width` tokens: (0, row, column)."""
+    ids = torch.zeros(height, width, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(height)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(width)[None, :]
+    return ids.reshape(height * width, 3).to(device=device, dtype=dtype)
+
+
+def source_ids(noisy_ids: torch.Tensor, mode: str) -> torch.Tensor:
+    """The source tokens' ids: the noisy tokens' ("byg") or those with the first channel set to 1 ("kontext")."""
+    if mode not in POSITION_MODES:
+        raise InputError(f"Unknown position mode '{mode}'.", f"Use one of: {', '.join(POSITION_MODES)}.")
+    ids = noisy_ids.clone()
+    if mode == "kontext":
+        ids[..., 0] = 1
+    return ids
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """`(B, C, h, w)` -> `(B, h/2 * w/2, 4C)` (2x2 patches)."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(latents: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of `pack` for a latent grid `h x w`."""
+    b, _, c = latents.shape
+    x = latents.view(b, h // 2, w // 2, c // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c // 4, h, w)
+
+
+@torch.no_grad()
+def encode_flux_prompt(models, prompt: str, max_sequence_length: int | None = None, device=None):
+    """(T5 prompt embeddings `(1, L, D)`, CLIP pooled `(1, P)`, text ids `(L, 3)`), as diffusers' Flux pipelines."""
+    max_sequence_length = max_sequence_length or models.transformer.vpe_info.max_sequence_length
+    clip, t5 = models.text_encoder, models.text_encoder_2
+    ids = models.tokenizer([prompt], padding="max_length", max_length=models.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids
+    pooled = clip(ids.to(clip.device), output_hidden_states=False).pooler_output.to(dtype=clip.dtype, device=device)
+    ids = models.tokenizer_2([prompt], padding="max_length", max_length=max_sequence_length, truncation=True,
+                             return_tensors="pt").input_ids
+    embeds = t5(ids.to(t5.device), output_hidden_states=False)[0].to(dtype=t5.dtype, device=device)
+    text_ids = torch.zeros(embeds.shape[1], 3).to(device=device, dtype=clip.dtype)
+    return embeds, pooled, text_ids
+
+
+@torch.no_grad()
+def encode_flux_image(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels `(B, 3, H, W)` in [-1, 1] -> scaled FLUX latents `(B, 16, H/8, W/8)` (latent mode)."""
+    device = next(vae.parameters()).device
+    latents = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist.mode()
+    return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_flux(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents `(B, 16, h, w)` -> IMAGE `(B, H, W, 3)` in [0, 1]."""
+    device = next(vae.parameters()).device
+    z = latents.to(device=device, dtype=vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    image = vae.decode(z, return_dict=False)[0]
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
+
+
+def edit_image(models, image: torch.Tensor, instruction: str, steps: int = DEFAULT_STEPS,
+               guidance: float = DEFAULT_GUIDANCE, seed: int | torch.Generator = 0, positions: str = "byg",
+               size_mode: str = "resize", max_side: int = NATIVE_MAX_SIDE, device=None,
+               progress: Callable[[int], None] | None = None, max_sequence_length: int | None = None,
+               decode_image: bool = True) -> ImageEdit:
+    """Edit an IMAGE `(B, H, W, 3)` in [0, 1] (the first image is used) with a FLUX.1-dev set carrying a ByG LoRA.
+
+    The image is brought to multiples of 16 (after scaling its longer side to `max_side`); the edit has the same
+    size. Without a LoRA (`positions="kontext"`, FLUX.1-Kontext-dev weights) this is FLUX.1-Kontext editing.
+    """
+    if int(steps) != steps or steps < 1:
+        raise InputError(f"Steps must be a whole number >= 1 (got {steps}).", "ByG uses 20.")
+    source_ids(torch.zeros(1, 3), positions)  # checks the mode
+    sync_flux_loras(models)
+    transformer, vae = models.transformer, models.vae
+    device = torch.device(device) if device is not None else next(transformer.parameters()).device
+    dtype = transformer.x_embedder.weight.dtype
+    fitted, fit = fit_image(image[:1], size_mode, max_side)
+    height, width = fitted.shape[1:3]
+    prompt_embeds, pooled, text_ids = encode_flux_prompt(models, instruction, max_sequence_length, device)
+    pixels = fitted[..., :3].permute(0, 3, 1, 2).float() * 2.0 - 1.0
+    source = encode_flux_image(vae, pixels).to(device=device, dtype=torch.float32)
+    h, w = source.shape[2:]
+    image_tokens = pack(source)
+    noisy_ids = latent_ids(h // 2, w // 2, device, prompt_embeds.dtype)
+    ids = torch.cat([noisy_ids, source_ids(noisy_ids, positions)], dim=0)
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator("cpu").manual_seed(int(seed))
+    latents = pack(randn_tensor((1, 16, h, w), generator=generator, device=device, dtype=torch.float32))
+    scheduler = FlowMatchEulerDiscreteScheduler(**scheduler_config())
+    cfg = scheduler.config
+    mu = calculate_shift(latents.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, int(steps)), device=device, mu=mu)
+    scheduler.set_begin_index(0)
+    embed = None
+    if transformer.config.guidance_embeds:
+        embed = torch.full([1], guidance, device=device, dtype=torch.float32).expand(latents.shape[0])
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = torch.cat([latents, image_tokens], dim=1).to(dtype)
+            timestep = t.expand(latents.shape[0]).to(latents.dtype)
+            prediction = transformer(hidden_states=x, timestep=timestep / 1000, guidance=embed,
+                                     pooled_projections=pooled.to(dtype), encoder_hidden_states=prompt_embeds.to(dtype),
+                                     txt_ids=text_ids, img_ids=ids, return_dict=False)[0]
+            prediction = prediction[:, :latents.shape[1]].to(latents.dtype)
+            latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+            if progress is not None:
+                progress(1)
+    out = fit.restore(decode_flux(vae, unpack(latents, h, w))) if decode_image else None
+    notes = [fit.note] if fit.note else []
+    return ImageEdit(out, latents, notes)
