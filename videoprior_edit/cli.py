@@ -1,4 +1,5 @@
-"""Command line: `videoprior-edit demo | edit | zoo | models check | models download`."""
+"""Command line: `videoprior-edit demo | edit | zoo | models check | models download | train-video4edit |
+train-byg | train-imvideoedit | build-imvideoedit-pairs`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import sys
 
 from .errors import VPEError
 from .placement import PLACEMENTS
+
+TRAINERS = ("videoprior_edit.video4edit.train", "videoprior_edit.byg.train", "videoprior_edit.imvideoedit.train",
+            "videoprior_edit.imvideoedit.pairs")
 
 
 def _demo(args) -> int:
@@ -111,6 +115,14 @@ def _edit_parser(sub) -> None:
     e.set_defaults(run=_edit)
 
 
+def _trainer_parsers(sub) -> None:
+    """The trainers' subcommands (each module registers its own arguments)."""
+    import importlib
+
+    for module in TRAINERS:
+        importlib.import_module(module).add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videoprior-edit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -123,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--placement", choices=PLACEMENTS, help="memory placement (default: one_expert)")
     d.set_defaults(run=_demo)
     _edit_parser(sub)
+    _trainer_parsers(sub)
     z = sub.add_parser("zoo", help="write the tiny random-weight model zoo")
     z.add_argument("--out", required=True)
     z.add_argument("--seed", type=int, default=0)
