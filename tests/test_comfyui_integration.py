@@ -188,9 +188,13 @@ def test_shipped_workflow_runs_in_comfyui(server, path):
 
     url, log, base = server
     prompt = json.loads(path.read_text())
-    for node in prompt.values():  # tiny-zoo run: small pictures
+    choices = _get(url + "/object_info/VPE_PromptRewriter")["VPE_PromptRewriter"]["input"]["required"]["local_model"][0]
+    llm = next(c for c in choices if c != "none")
+    for node in prompt.values():  # tiny-zoo run: small pictures, the zoo's tiny Qwen-VL instead of a VLM server
         if "max_side" in node["inputs"]:
             node["inputs"]["max_side"] = 64
+        if node["inputs"].get("backend") == "openai":
+            node["inputs"].update(backend="local", local_model=llm)
     history = _run(url, prompt, log)
     saved = [img for out in history["outputs"].values() for img in out.get("images", [])]
     assert saved, history["outputs"]

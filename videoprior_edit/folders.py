@@ -26,7 +26,7 @@ def _is_model_folder(p: Path) -> bool:
 def list_models_in(folder: Path) -> list[str]:
     """Weight files and model folders (diffusers/official layouts, listed whole) under `folder`, as relative names."""
     names = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         here = Path(dirpath)
         if here != Path(folder) and _is_model_folder(here):
             names.append(here.relative_to(folder).as_posix())

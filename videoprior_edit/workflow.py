@@ -195,7 +195,12 @@ class Graph:
         return record
 
     def link(self, src: dict, output: str, dst: dict, input_name: str) -> None:
+        """Connect an output to an input (a widget input becomes a link slot, its stored value stays)."""
         out = next(o for o in src["outputs"] if o["name"] == output)
+        if not any(s["name"] == input_name for s in dst["inputs"]):
+            spec = _input_spec(self.schemas[dst["type"]], input_name)
+            dst["inputs"].append({"name": input_name, "type": "COMBO" if isinstance(spec[0], list) else spec[0],
+                                  "widget": {"name": input_name}, "link": None})
         slot = next(i for i, s in enumerate(dst["inputs"]) if s["name"] == input_name)
         link_id = len(self.links) + 1
         self.links.append([link_id, src["id"], out["slot_index"], dst["id"], slot, out["type"]])

@@ -67,7 +67,67 @@ def chronoedit(g: Graph) -> None:
     g.note(CHRONOEDIT_NOTE, (460, 640), (560, 380))
 
 
-WORKFLOWS = {"video4edit_chronoedit_tail_frame_edit": chronoedit}
+IF_EDIT_NOTE = """IF-Edit image edit ({what})
+
+Chain: the rewriter turns the instruction into an evolution prompt -> a 33-frame image-to-video clip on
+Wan2.2-I2V-A14B with the Lightning LoRAs (8 steps, CFG 1) and Temporal Latent Dropout (K=3 after t=900) ->
+the last latent's frames -> the sharpest -> a still clip of it (Still-Video Refiner) -> its sharpest frame.
+
+Models (videoprior-edit models download if-edit --models ComfyUI/models):
+- diffusion_models/wan2.2_i2v_high_noise_14B_fp16.safetensors
+- diffusion_models/wan2.2_i2v_low_noise_14B_fp16.safetensors (or the _fp8_scaled pair)
+- loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors
+- loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors
+- text_encoders/umt5_xxl_fp16.safetensors, vae/wan_2.1_vae.safetensors
+{vlm}
+GPU memory (weights, bf16): all_on_device ~70 GB; one_expert (default: one expert or the text encoder at
+a time) ~29 GB; with weight_storage fp8_e4m3fn ~15 GB (24 GB cards); block_offload < 4 GB (slow).
+Activations at 480p x 33 frames come on top.
+
+Tweak: tld_k 1 turns TLD off (slower, same quality per the paper); tld_keep_last keeps the clip's last
+latent; more frames let bigger changes play out; the refiner's mode sdedit is cheaper."""
+
+VLM_LINES = {"template": "No VLM: the template rewriter writes a simple evolution prompt.",
+             "openai": "VLM: an OpenAI-compatible server (default Ollama at 127.0.0.1:11434 with qwen3-vl:8b; the paper\n"
+                       "used Qwen3-VL-30B-A3B-Instruct). Put an API key in an environment variable and write its\n"
+                       "NAME in api_key_env. An unreachable server stops the run with a message naming the URL; backend\n"
+                       "'local' runs a Qwen-VL from models/LLM instead, 'template' needs no VLM."}
+
+
+def if_edit(g: Graph, backend: str) -> None:
+    image = g.node("LoadImage", (40, 80), "Source image", (320, 320), image="example.png")
+    loader = g.node("VPE_WanModelLoader", (40, 460), "Wan2.2-I2V-A14B", (380, 280),
+                    model="wan2.2_i2v_high_noise_14B_fp16.safetensors",
+                    model_low_noise="wan2.2_i2v_low_noise_14B_fp16.safetensors",
+                    text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors", clip_vision="none",
+                    precision="bf16", placement="one_expert")
+    high = g.node("VPE_WanLoraLoader", (460, 460), "Lightning (high noise)", (340, 130),
+                  lora="wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors", strength=1.0, expert="high")
+    low = g.node("VPE_WanLoraLoader", (460, 620), "Lightning (low noise)", (340, 130),
+                 lora="wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors", strength=1.0, expert="low")
+    rewrite = g.node("VPE_PromptRewriter", (440, 80), "Evolution prompt", (380, 340),
+                     instruction="take the paper card out of her hand", mode="edit", backend=backend,
+                     local_model="none", seed=0)
+    editor = g.node("VPE_IFEditImageToVideo", (860, 80), "I2V edit with TLD", (380, 560), seed=42)
+    tail = g.node("VPE_DecodeLastFrames", (1280, 80), "Last latent's frames", (320, 130), tail_latents=1, exact=True)
+    pick = g.node("VPE_SharpestFrame", (1280, 260), "Sharpest candidate", (320, 130))
+    refine = g.node("VPE_StillVideoRefiner", (1640, 80), "Still-video refine", (380, 460), seed=42)
+    save = g.node("SaveImage", (2060, 80), "Edited image", (380, 380), filename_prefix="videoprior/if_edit")
+    for src, out, dst, name in ((loader, "wan_models", high, "wan_models"), (high, "wan_models", low, "wan_models"),
+                                (image, "IMAGE", rewrite, "image"), (low, "wan_models", rewrite, "wan_models"),
+                                (low, "wan_models", editor, "wan_models"), (image, "IMAGE", editor, "image"),
+                                (rewrite, "prompt", editor, "prompt"), (low, "wan_models", tail, "wan_models"),
+                                (editor, "wan_latents", tail, "wan_latents"), (tail, "frames", pick, "images"),
+                                (low, "wan_models", refine, "wan_models"), (pick, "frame", refine, "image"),
+                                (refine, "refined_frame", save, "images")):
+        g.link(src, out, dst, name)
+    what = "no VLM: template rewriter" if backend == "template" else "full chain with a VLM rewriter"
+    g.note(IF_EDIT_NOTE.format(what=what, vlm=VLM_LINES[backend]), (860, 700), (640, 470))
+
+
+WORKFLOWS = {"video4edit_chronoedit_tail_frame_edit": chronoedit,
+             "if_edit_image_edit_full": lambda g: if_edit(g, "openai"),
+             "if_edit_image_edit_no_vlm": lambda g: if_edit(g, "template")}
 
 
 def thumbnail(ui: dict, path: Path, title: str) -> None:

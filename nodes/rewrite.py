@@ -1,0 +1,133 @@
+"""IF-Edit's prompt rewriter node: a VLM (local, a chat server, or none) turns an edit instruction into a prompt that
+describes how the picture evolves over time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..videoprior_edit.rewrite import (
+    BACKENDS,
+    FAILURE_MODES,
+    MODES,
+    PRECISIONS,
+    generation_tokens,
+    make_backend,
+    rewrite_prompt,
+)
+from . import host
+from .if_edit import CATEGORY
+from .loaders import WAN_MODELS
+
+DEVICES = ("auto", "cpu")
+
+
+def _local_settings(local_model, local_model_path, precision, device, keep_loaded, temperature) -> dict:
+    """A folder the user names (absolute, or inside models/LLM) wins over the dropdown."""
+    path = local_model_path.strip() or (None if local_model in ("", "none") else local_model)
+    if path and not Path(path).expanduser().is_absolute():
+        path = host.folders().path("LLM", path)
+    return {"model_path": path, "precision": precision, "device": host.device() if device == "auto" else device,
+            "keep_loaded": keep_loaded, "temperature": temperature}
+
+
+def _openai_settings(api_base_url, api_model, api_key_env, timeout, retries, temperature) -> dict:
+    return {"base_url": api_base_url, "model": api_model, "api_key_env": api_key_env.strip(),
+            "timeout": float(timeout), "retries": retries, "temperature": temperature}
+
+
+class PromptRewriter:
+    """Rewrites a static edit instruction into a temporal evolution prompt (or a still-video prompt)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "instruction": ("STRING", {"multiline": True, "default": "", "tooltip": (
+                "What should change, as you would tell an image editor, e.g. 'take the paper out of her hand'. In "
+                "still mode: optional, the edit that produced the image.")}),
+            "mode": (list(MODES), {"default": "edit", "tooltip": (
+                "edit: how the picture evolves over time toward the edit (for the I2V editor). still: the image as a "
+                "perfectly still, sharper video (for the Still-Video Refiner).")}),
+            "backend": (list(BACKENDS), {"default": "local", "tooltip": (
+                "local: a Qwen-VL model folder from models/LLM run here. openai: an OpenAI-compatible chat server "
+                "(Ollama, vLLM, LM Studio, llama.cpp server, hosted APIs). template: no model, a simple evolution "
+                "prompt from the instruction alone.")}),
+            "local_model": (host.model_choices("LLM", optional=True), {"tooltip": (
+                "local backend: a Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE folder in models/LLM, e.g. "
+                "Qwen3-VL-8B-Instruct (the paper: Qwen3-VL-30B-A3B-Instruct). Press 'r' after adding one.")}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": (
+                "Sampling seed: the same seed, model and settings give the same prompt (local backend; chat "
+                "servers when they honour seeds).")}),
+        }, "optional": {
+            "image": ("IMAGE", {"tooltip": (
+                "The picture the VLM looks at: the source image (edit) or the frame to refine (still). Without it "
+                "the VLM sees only the instruction.")}),
+            "wan_models": (WAN_MODELS, {"tooltip": (
+                "Optional: the Wan model set, only to count prompt tokens exactly with its UMT5 tokenizer (else a "
+                "safe estimate is used).")}),
+            "max_tokens": ("INT", {"default": 220, "min": 16, "max": 512, "tooltip": (
+                "Longest prompt, in the video model's (UMT5) tokens; Wan reads at most 512. Longer answers are cut "
+                "at a sentence end.")}),
+            "temperature": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": (
+                "Sampling temperature of the VLM; 0 = always the most likely words (greedy).")}),
+            "on_failure": (list(FAILURE_MODES), {"default": "template", "tooltip": (
+                "When the VLM's answer holds no usable prompt: template = use the template prompt and show a "
+                "warning on the node; error = stop the workflow.")}),
+            "local_model_path": ("STRING", {"default": "", "tooltip": (
+                "local backend: a model folder anywhere on disk (absolute path); overrides local_model when set.")}),
+            "precision": (list(PRECISIONS), {"default": "auto", "tooltip": (
+                "local backend: weight precision. auto = bf16 (fp16 on GPUs without bf16). 8B models need about "
+                "17 GB in bf16, the 30B-A3B MoE about 62 GB.")}),
+            "device": (list(DEVICES), {"default": "auto", "tooltip": (
+                "local backend: auto = ComfyUI's GPU; cpu = run the VLM on the CPU (slow, leaves the GPU free).")}),
+            "keep_loaded": ("BOOLEAN", {"default": False, "tooltip": (
+                "local backend: off = free the VLM right after writing the prompt, so the video model gets the "
+                "memory. On = keep it in RAM (off the GPU) for the next run: faster repeats, more RAM.")}),
+            "api_base_url": ("STRING", {"default": "http://127.0.0.1:11434/v1", "tooltip": (
+                "openai backend: the server's OpenAI-compatible base URL. Ollama http://127.0.0.1:11434/v1, "
+                "LM Studio http://127.0.0.1:1234/v1, vLLM http://127.0.0.1:8000/v1, llama.cpp "
+                "http://127.0.0.1:8080/v1.")}),
+            "api_model": ("STRING", {"default": "qwen3-vl:8b", "tooltip": (
+                "openai backend: the model name the server knows (a vision model), e.g. qwen3-vl:8b or "
+                "qwen2.5vl:7b (Ollama), Qwen/Qwen3-VL-8B-Instruct (vLLM).")}),
+            "api_key_env": ("STRING", {"default": "", "tooltip": (
+                "openai backend: the NAME of the environment variable holding the API key (e.g. OPENAI_API_KEY), "
+                "never the key itself; the key is read when the request is sent. Empty = no key (local servers).")}),
+            "timeout": ("INT", {"default": 120, "min": 1, "max": 3600, "tooltip": (
+                "openai backend: seconds to wait for the server (and between streamed pieces) before giving up.")}),
+            "retries": ("INT", {"default": 2, "min": 0, "max": 10, "tooltip": (
+                "openai backend: extra attempts after a timeout, a dropped connection or a busy server (429/5xx).")}),
+        }}
+
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("prompt", "raw")
+    OUTPUT_TOOLTIPS = ("The rewritten prompt: one clean paragraph for the video model.",
+                       "The VLM's own text before cleaning (thinking, markdown, ...), for inspection.")
+    FUNCTION = "rewrite"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("IF-Edit's chain-of-thought prompt augmentation: a VLM looks at the image and the instruction and "
+                   "writes how the scene evolves over time, keeping everything else unchanged.")
+
+    def rewrite(self, instruction, mode, backend, local_model, seed, image=None, wan_models=None, max_tokens=220,
+                temperature=0.7, on_failure="template", local_model_path="", precision="auto", device="auto",
+                keep_loaded=False, api_base_url="http://127.0.0.1:11434/v1", api_model="qwen3-vl:8b",
+                api_key_env="", timeout=120, retries=2):
+        settings = {}
+        if backend == "local":
+            settings = _local_settings(local_model, local_model_path, precision, device, keep_loaded, temperature)
+        elif backend == "openai":
+            settings = _openai_settings(api_base_url, api_model, api_key_env, timeout, retries, temperature)
+        chosen = make_backend(backend, **settings)
+        if backend == "local":
+            host.free_memory()
+        progress = host.Progress(chosen.steps(generation_tokens(max_tokens, chosen)), "Prompt rewriter")
+        try:
+            result = rewrite_prompt(image, instruction, chosen, mode, seed, on_failure, max_tokens, progress,
+                                    getattr(wan_models, "tokenizer", None))
+        finally:
+            progress.close()
+        text = "\n".join([*(f"Warning: {w}" for w in result.warnings), result.prompt])
+        return {"ui": {"text": [text]}, "result": (result.prompt, result.raw)}
+
+
+NODE_CLASS_MAPPINGS = {"VPE_PromptRewriter": PromptRewriter}
+NODE_DISPLAY_NAME_MAPPINGS = {"VPE_PromptRewriter": "Evolution Prompt Rewriter (IF-Edit)"}
