@@ -30,7 +30,7 @@ from ..sampling.condition import (
     normalize_latents,
     pixels_from_image,
 )
-from ..sampling.loop import _start_from, compute_dtype, placement_of
+from ..sampling.loop import compute_dtype, placement_of, start_from
 from ..sampling.schedules import NUM_TRAIN_TIMESTEPS, make_scheduler, set_schedule
 from .adapter import AdapterConfig, ImVideoEditAdapter, applied, check_base
 
@@ -119,7 +119,7 @@ def edit_video(models, adapter: ImVideoEditAdapter, frames: torch.Tensor, prompt
         latents = torch.randn(source.shape, generator=generator).to(device)
         source_noise = torch.randn(source.shape, generator=generator).to(device)
         if strength < 1:
-            timesteps, latents = _start_from(sched, timesteps, strength, source, latents)
+            timesteps, latents = start_from(sched, timesteps, strength, source, latents)
         hook = SourceChunk(adapter, source, device, compute_dtype(models.transformer), source_noise)
         state = SamplerState(latents=latents, condition=None, scheduler=sched)
         with torch.no_grad():

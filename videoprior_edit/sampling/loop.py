@@ -183,7 +183,7 @@ def sample_i2v(models, image: torch.Tensor, prompt: str, negative_prompt: str | 
                                   None if last_image is None else pixels_from_image(last_image).to(device), device)
         place.release(models, "vae")
         if start_latents is not None:
-            timesteps, latents = _start_from(sched, timesteps, strength, start_latents.to(device), latents)
+            timesteps, latents = start_from(sched, timesteps, strength, start_latents.to(device), latents)
         state = SamplerState(latents=latents, condition=condition, scheduler=sched)
         with torch.no_grad():
             denoise(models, state, embeds, timesteps, guidance, hooks, progress, expert)
@@ -211,7 +211,7 @@ def _embeds(models, place, image, last_image, prompt: str, negative_prompt: str 
                   None if image_embeds is None else image_embeds.to(device))
 
 
-def _start_from(scheduler, timesteps: torch.Tensor, strength: float, start: torch.Tensor, noise: torch.Tensor):
+def start_from(scheduler, timesteps: torch.Tensor, strength: float, start: torch.Tensor, noise: torch.Tensor):
     """SDEdit: skip the first steps, noise `start` to the first remaining step's sigma (flow matching)."""
     if start.shape != noise.shape:
         raise InputError(f"Start latents {tuple(start.shape)} do not fit the clip {tuple(noise.shape)}.",
