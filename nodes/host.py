@@ -6,7 +6,10 @@ Everything else in the pack asks this module; without ComfyUI it falls back to t
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -96,3 +99,55 @@ def free_memory() -> None:
         _mm.soft_empty_cache()
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+class _Collect(logging.Handler):
+    """Keeps what the library says while one node runs in this thread: warnings, and the LoRA summaries."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.thread, self.lines = threading.get_ident(), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
+        if record.levelno >= logging.WARNING:
+            self.lines.append("Warning: " + record.getMessage())
+        elif record.name.startswith("videoprior_edit.lora") or record.name == "videoprior_edit.byg.flux":
+            self.lines.append(record.getMessage())
+
+
+def with_report(out, lines: list[str]):
+    """A node's return value with `lines` shown on the node (ComfyUI's `ui.text`, above any text it already
+    shows; lines it already shows are not repeated)."""
+    if not lines:
+        return out
+    if not isinstance(out, dict):
+        out = {"result": tuple(out)}
+    ui = out.setdefault("ui", {})
+    shown = list(ui.get("text", []))
+    said = "\n".join(map(str, shown))
+    ui["text"] = [line for line in dict.fromkeys(lines) if line not in said] + shown
+    return out
+
+
+def reported(fn):
+    """Wrap a node's function so the library's warnings and LoRA summaries appear on the node, not only in the
+    console (the pack's web extension shows `ui.text` under the node)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        logger, collect = logging.getLogger("videoprior_edit"), _Collect()
+        level = logger.level
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(collect)
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            logger.removeHandler(collect)
+            logger.setLevel(level)
+        return with_report(out, collect.lines)
+
+    run.vpe_reported = True
+    return run

@@ -126,8 +126,48 @@ def test_lora_node_returns_a_new_set_and_leaves_the_input_alone(pack, zoo, monke
     node = pack.NODE_CLASS_MAPPINGS["VPE_WanLoraLoader"]()
     assert zoo.file("lightning_high").name in node.INPUT_TYPES()["required"]["lora"][0]
     q = models.transformer.blocks[0].attn1.to_q.weight.clone()
-    (lit,) = node.apply(models, zoo.file("lightning_high").name, 1.0, "high")
-    (lit,) = node.apply(lit, zoo.file("lightning_low").name, 1.0, "low")
+    out = node.apply(models, zoo.file("lightning_high").name, 1.0, "high")
+    (lit,) = out["result"]  # the load summary is shown on the node
+    assert out["ui"]["text"] == [(f"LoRA '{zoo.file('lightning_high').name}' (original names (diffusion_model.*), "
+                                 "fp32, rank 4) at strength 1 merged into 20 of its 20 modules (60 of 60 keys) of the "
+                                 "high-noise expert.")]
+    (lit,) = node.apply(lit, zoo.file("lightning_low").name, 1.0, "low")["result"]
     assert models.loras == [] and len(lit.loras) == 2 and lit.transformer is models.transformer
     assert wanted_loras(lit, "transformer") == ((str(zoo.file("lightning_high")), 1.0),)
     assert not torch.equal(lit.transformer.blocks[0].attn1.to_q.weight, q)  # merged
+
+
+def test_library_warnings_are_shown_on_the_node(pack):
+    import logging
+    import threading
+
+    from videoprior_edit.rewrite import log as rewrite_log
+
+    host = __import__(pack.__name__ + ".nodes.host", fromlist=["reported"])
+
+    def node_function(already: str):
+        rewrite_log.warning("the VLM answer was empty")
+        rewrite_log.info("not shown: an ordinary info line")
+        logging.getLogger("videoprior_edit.lora").info("LoRA 'x' merged into 4 of its 4 modules.")
+        elsewhere = threading.Thread(target=lambda: rewrite_log.warning("another node's warning"))
+        elsewhere.start()
+        elsewhere.join()
+        return {"ui": {"text": [already]}, "result": ("out",)} if already else ("out",)
+
+    wrapped = host.reported(node_function)
+    assert wrapped("") == {"ui": {"text": ["Warning: the VLM answer was empty",
+                                           "LoRA 'x' merged into 4 of its 4 modules."]}, "result": ("out",)}
+    shown = wrapped("Warning: the VLM answer was empty\nprompt")  # a line the node already shows is not repeated
+    assert shown["ui"]["text"] == ["LoRA 'x' merged into 4 of its 4 modules.",
+                                   "Warning: the VLM answer was empty\nprompt"]
+    assert host.reported(lambda: ("quiet",))() == ("quiet",)  # nothing said: the plain tuple goes back
+    assert logging.getLogger("videoprior_edit").handlers == []
+    for cls in pack.NODE_CLASS_MAPPINGS.values():
+        assert getattr(getattr(cls, cls.FUNCTION), "vpe_reported", False)
+
+
+def test_web_extension_shows_reports_without_saving_them(pack):
+    assert pack.WEB_DIRECTORY == "./web"
+    script = (REPO / "web" / "js" / "node_report.js").read_text()
+    assert 'startsWith("VPE_")' in script and "onExecuted" in script and "message?.text" in script
+    assert "widget.serialize = false" in script  # the report box never shifts a saved workflow's widget values
