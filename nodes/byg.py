@@ -104,7 +104,7 @@ class ByGVideoEdit:
         finally:
             progress.close()
         info = "\n".join(r.notes) or "no adjustments"
-        return {"ui": {"text": [info]}, "result": (r.frames, rate or 16.0, info)}
+        return host.node_output(info, (r.frames, rate or 16.0, info), preview=r.frames)
 
 
 class ByGImageEdit:
@@ -147,7 +147,7 @@ class ByGImageEdit:
         finally:
             progress.close()
         info = "\n".join(r.notes) or "no adjustments"
-        return {"ui": {"text": [info]}, "result": (r.image, info)}
+        return host.node_output(info, (r.image, info), preview=r.image)
 
 
 class FluxModelLoader:

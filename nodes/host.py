@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import threading
+import uuid
 from pathlib import Path
 
 import torch
@@ -151,3 +152,35 @@ def reported(fn):
 
     run.vpe_reported = True
     return run
+
+
+def node_output(info: str, result: tuple, preview: torch.Tensor | None = None) -> dict:
+    """A node's return value: `result`, `info` shown on the node and, inside ComfyUI, a few small frames of
+    `preview` (IMAGE frames) as the node's preview."""
+    ui = {"text": [info]}
+    images = preview_images(preview) if preview is not None else []
+    if images:
+        ui["images"] = images
+    return {"ui": ui, "result": result}
+
+
+def preview_images(frames: torch.Tensor, count: int = 4, side: int = 256) -> list[dict]:
+    """Up to `count` evenly spaced frames (first and last included) of an IMAGE batch, at most `side` pixels wide or
+    high, written as PNGs to ComfyUI's temp folder (emptied when ComfyUI starts); [] outside ComfyUI."""
+    if _fp is None or frames is None or frames.ndim != 4 or frames.shape[0] == 0:
+        return []
+    from PIL import Image
+
+    last = frames.shape[0] - 1
+    picks = sorted({round(i * last / max(1, count - 1)) for i in range(min(count, last + 1))})
+    folder = _fp.get_temp_directory()
+    os.makedirs(folder, exist_ok=True)
+    shown = []
+    for i in picks:
+        pixels = (frames[i, ..., :3].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        picture = Image.fromarray(pixels)
+        picture.thumbnail((side, side))
+        name = f"vpe_preview_{uuid.uuid4().hex[:16]}.png"
+        picture.save(os.path.join(folder, name), compress_level=1)
+        shown.append({"filename": name, "subfolder": "", "type": "temp"})
+    return shown

@@ -99,8 +99,8 @@ class IFEditImageToVideo:
         info = "\n".join(result.notes) or "no adjustments"
         log.info("I2V edit: %s", info.replace("\n", "; "))
         latents = {"latents": result.latents, "positions": result.positions, "size": result.size}
-        return {"ui": {"text": [info]},
-                "result": (result.frames, result.last_frame, latents, {"samples": result.raw_latents}, info)}
+        return host.node_output(info, (result.frames, result.last_frame, latents, {"samples": result.raw_latents},
+                                       info), preview=result.frames)
 
 
 NODE_CLASS_MAPPINGS = {"VPE_IFEditImageToVideo": IFEditImageToVideo}

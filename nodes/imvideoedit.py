@@ -119,7 +119,7 @@ class ImVideoEditVideoEdit:
         finally:
             progress.close()
         info = "\n".join(result.notes) or "no adjustments"
-        return {"ui": {"text": [info]}, "result": (result.frames, rate, info)}
+        return host.node_output(info, (result.frames, rate, info), preview=result.frames)
 
 
 NODE_CLASS_MAPPINGS = {"VPE_ImVideoEditAdapterLoader": ImVideoEditAdapterLoader,

@@ -125,8 +125,8 @@ class StillVideoRefiner:
         finally:
             progress.close()
         info = "\n".join(r.notes)
-        return {"ui": {"text": [info]},
-                "result": (r.frame, r.clip, _scores_json(r.scores, r.index, score), r.index, info)}
+        return host.node_output(info, (r.frame, r.clip, _scores_json(r.scores, r.index, score), r.index, info),
+                                preview=r.frame)
 
 
 NODE_CLASS_MAPPINGS = {"VPE_DecodeLastFrames": DecodeLastFrames, "VPE_SharpestFrame": SharpestFrame,

@@ -74,7 +74,7 @@ class TailFrameEditor:
         finally:
             progress.close()
         info = "\n".join(r.notes) or "no adjustments"
-        return {"ui": {"text": [info]}, "result": (r.edited, r.clip, info)}
+        return host.node_output(info, (r.edited, r.clip, info), preview=r.edited)
 
 
 class FLF2VTeacher:
@@ -111,7 +111,7 @@ class FLF2VTeacher:
         finally:
             progress.close()
         info = "\n".join(notes) or "no adjustments"
-        return {"ui": {"text": [info]}, "result": (clip, info)}
+        return host.node_output(info, (clip, info), preview=clip)
 
 
 NODE_CLASS_MAPPINGS = {"VPE_TailFrameEditor": TailFrameEditor, "VPE_FLF2VTeacher": FLF2VTeacher}

@@ -171,3 +171,25 @@ def test_web_extension_shows_reports_without_saving_them(pack):
     script = (REPO / "web" / "js" / "node_report.js").read_text()
     assert 'startsWith("VPE_")' in script and "onExecuted" in script and "message?.text" in script
     assert "widget.serialize = false" in script  # the report box never shifts a saved workflow's widget values
+
+
+def test_long_nodes_preview_a_few_small_frames_inside_comfyui(pack, tmp_path, monkeypatch):
+    from PIL import Image
+
+    host = __import__(pack.__name__ + ".nodes.host", fromlist=["node_output"])
+    frames = torch.arange(9.0).div(8).view(9, 1, 1, 1).expand(9, 600, 300, 3)  # frame i is grey i/8
+    assert host.node_output("info", (frames,), preview=frames) == {"ui": {"text": ["info"]}, "result": (frames,)}
+
+    class Folders:  # what the host asks ComfyUI's folder_paths for
+        @staticmethod
+        def get_temp_directory():
+            return str(tmp_path / "temp")
+
+    monkeypatch.setattr(host, "_fp", Folders)
+    out = host.node_output("info", (frames,), preview=frames)
+    shown = out["ui"]["images"]
+    assert len(shown) == 4 and all(s["type"] == "temp" and s["subfolder"] == "" for s in shown)
+    pictures = [Image.open(tmp_path / "temp" / s["filename"]) for s in shown]
+    assert all(p.size == (128, 256) for p in pictures)  # aspect kept, longest side 256
+    assert [p.getpixel((5, 5)) for p in pictures] == [(round(i / 8 * 255),) * 3 for i in (0, 3, 5, 8)]
+    assert len(host.preview_images(frames[:1])) == 1
