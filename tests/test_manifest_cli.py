@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from videoprior_edit.errors import ModelFileError
@@ -100,8 +101,17 @@ def test_demo_command_writes_outputs(tmp_path):
     assert "Wan2.2-I2V-A14B" in report["model_set"][0] and "8 Lightning steps" in report["settings"]
     assert any("kept latent frames [0, 3, 6]" in n for n in report["notes"])
     assert len(list((tmp_path / "out" / "frames").glob("*.png"))) == 9
-    for name in ("source.png", "edited.png"):
-        assert (tmp_path / "out" / name).is_file()
+    assert report["rewriter"] == "template" and "the paper card" in report["prompt"]  # the instruction, rewritten
+    assert report["sharpest"]["frame"] == 5 + max(range(4), key=report["sharpest"]["scores"].__getitem__)
+    assert report["refined"] and any("sharpest of the still clip" in n for n in report["notes"])
+    from PIL import Image
+
+    pictures = {n: np.asarray(Image.open(tmp_path / "out" / f"{n}.png"))
+                for n in ("source", "edited", "clip_last_frame", "sharpest_frame")}
+    assert all(p.shape == (64, 64, 3) for p in pictures.values())
+    assert np.array_equal(pictures["sharpest_frame"],
+                          np.asarray(Image.open(tmp_path / "out" / "frames" / f"{report['sharpest']['frame']:03d}.png")))
+    assert not np.array_equal(pictures["edited"], pictures["sharpest_frame"])  # the refined frame is a new picture
     assert str(tmp_path / "out" / "report.json") in run.stdout
     missing = subprocess.run([sys.executable, "-m", "videoprior_edit.cli", "demo", "--models", str(tmp_path),
                               "--out", str(tmp_path / "o2")], capture_output=True, text=True, env=env)

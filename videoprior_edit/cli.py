@@ -16,12 +16,17 @@ TRAINERS = ("videoprior_edit.video4edit.train", "videoprior_edit.byg.train", "vi
 def _demo(args) -> int:
     from .demo import run_demo
 
-    report = run_demo(args.out, args.models, args.image, args.instruction, args.seed, args.placement)
+    report = run_demo(args.out, args.models, args.image, args.instruction, args.seed, args.placement, args.vlm,
+                      args.vlm_model, args.api_key_env, refine=args.refine)
     print("\n".join(report["model_set"]))
     print(f"placement: {report['placement']}\nsettings: {report['settings']}")
-    print("\n".join(f"note: {n}" for n in report["notes"]))
-    print(f"edited {report['source_size'][0]}x{report['source_size'][1]} in {report['seconds']['edit']} s "
-          f"({report['frames']} frames decoded)")
+    print(f"prompt ({report['rewriter']}): {report['prompt']}")
+    for line in [f"warning: {w}" for w in report["rewriter_warnings"]] + [f"note: {n}" for n in report["notes"]]:
+        print(line)
+    s = report["seconds"]
+    print(f"edited {report['source_size'][0]}x{report['source_size'][1]} in {s['total']} s (load {s['load_models']}, "
+          f"rewrite {s['rewrite']}, edit {s['edit']}, refine {s['refine']}; {report['frames']} frames decoded, "
+          f"sharpest: frame {report['sharpest']['frame']})")
     print("outputs: " + "\n         ".join(report["outputs"].values()))
     return 0
 
@@ -126,13 +131,20 @@ def _trainer_parsers(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videoprior-edit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="image-edit demo on the tiny zoo, or on real weights with --models")
+    d = sub.add_parser("demo", help="IF-Edit image-edit demo (rewrite, edit, sharpest frame, refine) on the "
+                       "tiny zoo, or on real weights with --models")
     d.add_argument("--models", help="a ComfyUI models folder with the real Wan2.2-I2V files (default: tiny zoo)")
     d.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
     d.add_argument("--image", help="source image (default: a generated test picture)")
     d.add_argument("--instruction", default="take the paper card out of her hand")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--placement", choices=PLACEMENTS, help="memory placement (default: one_expert)")
+    d.add_argument("--vlm", help="prompt rewriter: a local Qwen-VL folder, or the URL of an OpenAI-compatible server "
+                   "(e.g. http://127.0.0.1:11434/v1); default: the template rewriter (no VLM)")
+    d.add_argument("--vlm-model", default="", help="model name on the --vlm server (e.g. qwen3-vl:8b)")
+    d.add_argument("--api-key-env", default="", help="name of the environment variable holding the server's API key")
+    d.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="still-video refinement of the sharpest frame (default: on)")
     d.set_defaults(run=_demo)
     _edit_parser(sub)
     _trainer_parsers(sub)

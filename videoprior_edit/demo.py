@@ -1,5 +1,6 @@
-"""The image-edit demo and the `edit` command: source image + prompt -> edited image and the clip, on the tiny zoo
-or on real weights (Wan2.2-I2V-A14B + Lightning LoRAs, found by manifest id in a ComfyUI models folder).
+"""The image-edit demo (IF-Edit's whole chain: rewrite, I2V edit with TLD, sharpest frame, still refinement) and the
+`edit` command's helpers, on the tiny zoo or on real weights (Wan2.2-I2V-A14B + Lightning LoRAs, found by manifest id
+in a ComfyUI models folder).
 """
 
 from __future__ import annotations
@@ -106,55 +107,107 @@ def save_edit(result, source: np.ndarray, out: str | Path, frames: bool = True) 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    as_uint8 = lambda t: (t.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     paths = {"source": out / "source.png", "edited": out / "edited.png"}
     Image.fromarray(source).save(paths["source"])
-    Image.fromarray(as_uint8(result.last_frame[0])).save(paths["edited"])
+    Image.fromarray(_uint8(result.last_frame[0])).save(paths["edited"])
     if frames:
         (out / "frames").mkdir(exist_ok=True)
         for i, frame in enumerate(result.frames):
-            Image.fromarray(as_uint8(frame)).save(out / "frames" / f"{i:03d}.png")
+            Image.fromarray(_uint8(frame)).save(out / "frames" / f"{i:03d}.png")
         paths["frames"] = out / "frames"
     return {k: str(v) for k, v in paths.items()}
 
 
+def _uint8(frame: torch.Tensor) -> np.ndarray:
+    return (frame.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def demo_backend(vlm: str | None = None, vlm_model: str = "", api_key_env: str = ""):
+    """The prompt rewriter's backend: none given -> the template (no VLM); a folder -> that local Qwen-VL; an http(s)
+    URL -> an OpenAI-compatible server (`vlm_model`, the API key read from the `api_key_env` variable)."""
+    from .rewrite import make_backend
+
+    if not vlm:
+        return make_backend("template")
+    if vlm.startswith(("http://", "https://")):
+        return make_backend("openai", base_url=vlm, model=vlm_model, api_key_env=api_key_env)
+    return make_backend("local", model_path=vlm)
+
+
 def run_demo(out_dir: str | Path = "demo_output", models_dir: str | Path | None = None,
              image: str | Path | None = None, instruction: str = DEFAULT_INSTRUCTION, seed: int = 0,
-             placement: str | None = None) -> dict:
-    """Edit an image with IF-Edit's settings and write the outputs into `out_dir`; returns the report it also
-    writes as report.json. Without `models_dir` it runs on the tiny zoo (random weights: the output is noise, the
-    code path is the real one)."""
-    from .if_edit import edit_image
+             placement: str | None = None, vlm: str | None = None, vlm_model: str = "", api_key_env: str = "",
+             refine: bool = True) -> dict:
+    """IF-Edit's whole chain on one image, written into `out_dir`: the instruction rewritten as an evolution prompt
+    (template, or the VLM `vlm` names), the I2V edit with TLD, the sharpest of the clip's last 4 frames, and the
+    still-video refinement of it (`refine`). Returns the report it also writes as report.json. Without `models_dir`
+    it runs on the tiny zoo (random weights: the output is noise, the code path is the real one)."""
+    from .if_edit import STILL_PROMPT, edit_image, refine_still, sharpest
     from .placement import Placement
+    from .rewrite import rewrite_prompt
     from .sampling.condition import image_from_uint8
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    clock = [time.perf_counter()]
+    lap = lambda: clock.append(time.perf_counter()) or round(clock[-1] - clock[-2], 2)
     if models_dir is None:
         files, size, dtype = zoo_files(out / "zoo", seed), (64, 64), "fp32"
     else:
         files, size, dtype = pick_files(Path(models_dir)), (832, 480), "bf16"
     place = Placement(mode=placement or "one_expert")
-    t1 = time.perf_counter()
+    seconds = {"prepare": lap()}
     models = load_edit_models(files, dtype, placement=place)
-    t2 = time.perf_counter()
-    source = load_source(image, *size)
+    seconds["load_models"] = lap()
+    source = image_from_uint8(load_source(image, *size))
+    backend = demo_backend(vlm, vlm_model, api_key_env)
+    prompt = rewrite_prompt(source, instruction, backend, "edit", seed, tokenizer=models.tokenizer)
+    still = rewrite_prompt(source, instruction, backend, "still", seed, tokenizer=models.tokenizer) \
+        if backend.name != "template" else None
+    seconds["rewrite"] = lap()
     lightning = bool(models.loras)
-    result = edit_image(models, image_from_uint8(source), instruction, frames=33, seed=seed,
-                        steps=8 if lightning else 40, scheduler="lightning" if lightning else "unipc",
-                        cfg_high=1.0 if lightning else 3.5, cfg_low=1.0 if lightning else 3.5, size_mode="crop",
-                        max_side=832)
-    t3 = time.perf_counter()
-    paths = save_edit(result, source, out)
-    report = {
-        "model_set": models.summary().splitlines(), "placement": place.describe(), "instruction": instruction,
-        "settings": "33 frames, " + ("8 Lightning steps, CFG 1" if lightning else "40 UniPC steps, CFG 3.5") +
-                    ", TLD K=3 from t=900 (original positions)",
-        "notes": result.notes, "source_size": [source.shape[1], source.shape[0]],
-        "frames": int(result.frames.shape[0]), "latent_shape": list(result.latents.shape),
-        "seconds": {"prepare": round(t1 - t0, 2), "load_models": round(t2 - t1, 2), "edit": round(t3 - t2, 2)},
-        "outputs": {**paths, "report": str(out / "report.json")},
-    }
+    steps, scheduler, cfg = (8, "lightning", 1.0) if lightning else (40, "unipc", 3.5)
+    result = edit_image(models, source, prompt.prompt, frames=33, seed=seed, steps=steps, scheduler=scheduler,
+                        cfg_high=cfg, cfg_low=cfg, size_mode="crop", max_side=832)
+    seconds["edit"] = lap()
+    tail = result.frames[-4:]  # the frames of the last latent: the sharpness candidates
+    best, scores = sharpest(tail)
+    picked = tail[best:best + 1]
+    refined = refine_still(models, picked, still.prompt if still else STILL_PROMPT, steps=steps,
+                           scheduler=scheduler, cfg=cfg, seed=seed, size_mode="crop", max_side=832) if refine else None
+    seconds["refine"] = lap()
+    report = _report(models, place, instruction, prompt, result, tail, best, scores, refined, steps, lightning)
+    report.update(seconds={**seconds, "total": round(clock[-1] - clock[0], 2)},
+                  outputs=_save_chain(out, source, result, picked, refined))
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _report(models, place, instruction, prompt, result, tail, best, scores, refined, steps, lightning) -> dict:
+    return {
+        "model_set": models.summary().splitlines(), "placement": place.describe(), "instruction": instruction,
+        "prompt": prompt.prompt, "rewriter": prompt.backend, "rewriter_warnings": prompt.warnings,
+        "settings": "33 frames, " + ("8 Lightning steps, CFG 1" if lightning else "40 UniPC steps, CFG 3.5") +
+                    ", TLD K=3 from t=900 (original positions)",
+        "notes": result.notes + (refined.notes if refined else []),
+        "source_size": [int(result.frames.shape[2]), int(result.frames.shape[1])],
+        "frames": int(result.frames.shape[0]), "latent_shape": list(result.latents.shape),
+        "sharpest": {"frame": len(result.frames) - len(tail) + best, "scores": [round(float(s), 3) for s in scores]},
+        "refined": refined is not None, "refine_steps": steps if refined else 0,
+    }
+
+
+def _save_chain(out: Path, source: torch.Tensor, result, picked: torch.Tensor, refined) -> dict[str, str]:
+    """source.png, edited.png (the final image), clip_last_frame.png, sharpest_frame.png, frames/, report path."""
+    from PIL import Image
+
+    final = refined.frame if refined is not None else picked
+    pictures = {"source": source, "edited": final, "clip_last_frame": result.last_frame, "sharpest_frame": picked}
+    paths = {}
+    for name, picture in pictures.items():
+        paths[name] = str(out / f"{name}.png")
+        Image.fromarray(_uint8(picture[0])).save(paths[name])
+    (out / "frames").mkdir(exist_ok=True)
+    for i, frame in enumerate(result.frames):
+        Image.fromarray(_uint8(frame)).save(out / "frames" / f"{i:03d}.png")
+    return {**paths, "frames": str(out / "frames"), "report": str(out / "report.json")}
