@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from videoprior_edit.checkpoint import read_training_meta
 from videoprior_edit.errors import InputError
 from videoprior_edit.imvideoedit import create_adapter, edit_video, load_adapter
 from videoprior_edit.imvideoedit.pairs import add_parser as pairs_parser
@@ -84,7 +85,8 @@ def test_loss_falls_only_the_adapter_learns_and_the_file_reloads(zoo, pairs, cac
 def test_resumed_run_continues_exactly(zoo, pairs, cache, tmp_path):
     first = train(_opts(zoo, pairs, tmp_path / "a", cache, max_steps=6, save_every=3, micro_batch_size=1))
     checkpoint = tmp_path / "a" / "checkpoints" / "step-000003"
-    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 3
+    assert read_training_meta(checkpoint)["step"] == 3
+    assert {p.suffix for p in checkpoint.iterdir()} == {".safetensors", ".json"}  # no pickles
     second = train(_opts(zoo, pairs, tmp_path / "b", cache, max_steps=6, resume=str(checkpoint)))
     a, b = WeightFile(first.path), WeightFile(second.path)
     tensors = dict(b.tensors())

@@ -209,6 +209,12 @@ def test_resume_continues_from_the_saved_step_with_identical_state(i2v, flf2v, l
     assert all(torch.equal(resumed.trainable[k], full_run.trainable[k]) for k in full_run.trainable)
     with pytest.raises(InputError, match="other lora_rank"):
         train(_config_like(config, output=str(tmp_path), resume=str(middle), lora_rank=8), i2v, flf2v)
+    assert {p.suffix for p in middle.iterdir()} == {".safetensors", ".json"}  # no pickles
+    old = tmp_path / "old" / "checkpoints" / "step-000002"  # an accelerate checkpoint of earlier versions
+    old.mkdir(parents=True)
+    (old / "optimizer.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(InputError, match="holds pickles"):
+        train(_config_like(config, output=str(tmp_path / "old"), resume="latest"), i2v, flf2v)
 
 
 def _config_like(config: TrainConfig, **changes) -> TrainConfig:

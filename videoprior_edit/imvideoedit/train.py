@@ -3,13 +3,16 @@
 Command: `videoprior-edit train-imvideoedit --data PAIRS --model wan2.1_t2v_1.3B_fp16.safetensors --text-encoder
 umt5_xxl_fp16.safetensors --vae wan_2.1_vae.safetensors --output runs/ive` (or `python -m
 videoprior_edit.imvideoedit.train ...`); several GPUs: `accelerate launch -m videoprior_edit.imvideoedit.train ...`
-(a DeepSpeed ZeRO-2 config from `accelerate config` shards the optimizer state as in the paper).
+(data parallel; the paper sharded the optimizer state with DeepSpeed ZeRO-2, which also runs, but its pickle-free
+checkpoints keep the adapter, step and RNG and not AdamW's moments, which start again on resume).
 
 Per optimizer step: `batch_size` pairs (global), `micro_batch_size` per forward, gradient accumulation for the
 rest. Each pair: source and target latents (VAE, cached on disk with the prompt's text embeddings before training,
 so the 11 GB text encoder never shares the GPU with training), flow matching on the target only:
 x_t = (1 - s) x0 + s e, loss = |v(x_t, t) - (e - x0)|^2 on the target chunk, s = shift(u), u ~ U(0, 1), t = 1000 s.
 Noise and timesteps come from the sample's position in a seeded stream, so a resumed run continues exactly.
+Checkpoints (`checkpoints/step-N/`: adapter tensors, optimizer and RNG states as safetensors + JSON, no pickles; see
+`videoprior_edit.checkpoint`) every `save_every` steps; `--resume latest` continues from the newest.
 Paper defaults: 5 epochs, global batch 16, AdamW, bf16, 480x832 (the resolution and learning rate are lost in our
 copy of the paper: 480x832 is Wan2.1-T2V-1.3B's 480p and ViFeEdit's; lr 1e-5 is the usual full-module rate).
 """
@@ -20,6 +23,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -30,6 +34,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import (
+    check_checkpointable,
+    is_training_state,
+    load_training_state,
+    save_training_state,
+)
 from ..errors import InputError, VPEError
 from ..sampling import SamplingHook, encode_prompts
 from ..sampling.condition import encode_mode, normalize_latents, pixels_from_image
@@ -321,11 +331,13 @@ def train(opts: TrainOptions, models=None) -> TrainRun:
     adapter = _adapter(models, opts, accelerator.device)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     net, optimizer = accelerator.prepare(EditModel(adapter, models.transformer), optimizer)
+    if opts.save_every or opts.resume:
+        check_checkpointable(accelerator)
     total = opts.max_steps or math.ceil(opts.epochs * len(pairs) / opts.batch_size)
-    step = _resume(accelerator, opts)
+    step = _resume(accelerator, adapter, optimizer, opts)
     try:
         _loop(accelerator, net, optimizer, models, files, val, opts, step, total)
-        return TrainRun(_save(accelerator, adapter, opts, total, final=True), adapter, total)
+        return TrainRun(_save(accelerator, adapter, opts, total), adapter, total)
     finally:
         remove_adapter(models.transformer)
         models.transformer.disable_gradient_checkpointing()
@@ -356,7 +368,7 @@ def _loop(accelerator, net, optimizer, models, files, val, opts, step: int, tota
         if opts.validate_every and (step % opts.validate_every == 0 or step == total):
             _validate(accelerator, net, models, adapter, val, opts, step)
         if opts.save_every and step % opts.save_every == 0 and step < total:
-            _save(accelerator, adapter, opts, step)
+            _save(accelerator, adapter, opts, step, optimizer)
 
 
 def _log(accelerator, opts: TrainOptions, step: int, total: int, loss: torch.Tensor, seconds: float) -> None:
@@ -435,19 +447,23 @@ def _save_strip(image: torch.Tensor, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def _checkpoints(opts: TrainOptions) -> list[Path]:
+def _checkpoints(opts: TrainOptions, complete: bool = True) -> list[Path]:
+    """The checkpoints/step-N folders, oldest first (`complete`: only those `save_training_state` finished)."""
     folder = Path(opts.output) / "checkpoints"
-    return sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
+    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)
+             and (is_training_state(p) or not complete)] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _save(accelerator, adapter, opts: TrainOptions, step: int, final: bool = False) -> Path:
-    """Accelerate state (adapter, optimizer, RNG) under checkpoints/step-N, and the adapter file."""
+def _save(accelerator, adapter, opts: TrainOptions, step: int, optimizer=None) -> Path:
+    """The adapter file, and with `optimizer` a checkpoint under checkpoints/step-N (adapter tensors, optimizer,
+    RNG: safetensors + JSON, no pickles; see `videoprior_edit.checkpoint`)."""
     path = Path(opts.output) / ADAPTER_FILE
-    if not final:
+    if optimizer is not None:
         folder = Path(opts.output) / "checkpoints" / f"step-{step:06d}"
-        accelerator.save_state(str(folder))
+        save_training_state(folder, accelerator, optimizer, adapter.state_dict(),
+                            {"step": step, "options": asdict(opts)})
         if accelerator.is_main_process:
-            (folder / "trainer_state.json").write_text(json.dumps({"step": step, "options": asdict(opts)}, indent=1))
             for old in _checkpoints(opts)[: -max(1, opts.keep_checkpoints)]:
                 shutil.rmtree(old)
     if accelerator.is_main_process:
@@ -456,19 +472,24 @@ def _save(accelerator, adapter, opts: TrainOptions, step: int, final: bool = Fal
     return path
 
 
-def _resume(accelerator, opts: TrainOptions) -> int:
-    """Load a checkpoint (`latest` or a folder) and return its step; 0 when not resuming."""
+def _resume(accelerator, adapter, optimizer, opts: TrainOptions) -> int:
+    """Load a checkpoint (`latest` or a folder) into the adapter, optimizer and RNG and return its step; 0 when not
+    resuming."""
     if not opts.resume:
         return 0
-    found = _checkpoints(opts)
+    found = _checkpoints(opts) or _checkpoints(opts, complete=False)  # the latter: say why they cannot be used
     folder = (found[-1] if found else None) if opts.resume == "latest" else Path(opts.resume)
-    if folder is None or not (folder / "trainer_state.json").is_file():
+    if folder is None or not folder.is_dir():
         raise InputError(f"No checkpoint to resume from ({opts.resume}).",
                          "Give a checkpoints/step-N folder, or 'latest' with the same --output.")
-    accelerator.load_state(str(folder))
-    step = json.loads((folder / "trainer_state.json").read_text())["step"]
-    accelerator.print(f"resumed from {folder} at step {step}")
-    return step
+    tensors, meta = load_training_state(folder, accelerator, optimizer)
+    try:
+        adapter.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise InputError(f"The checkpoint {folder} holds another adapter than this run's ({e}).",
+                         "Resume with the checkpoint's settings (see its state.json).") from None
+    accelerator.print(f"resumed from {folder} at step {meta['step']}")
+    return int(meta["step"])
 
 
 # ----------------------------------------------------------------------------------------------- command line
