@@ -221,3 +221,29 @@ def test_download_fetches_verifies_and_replaces_only_bad_files(zoo, tmp_path, mo
         assert not clip_path.exists()  # a download that fails verification never lands in the models folder
     finally:
         server.close()
+
+
+def test_models_check_reports_exactly_the_models_a_shipped_workflow_uses(tmp_path, capsys):
+    from pathlib import Path
+
+    from videoprior_edit.cli import main
+    from videoprior_edit.workflow import workflow_model_files
+
+    root = Path(__file__).resolve().parent.parent / "workflows"
+    by_file = {e["file"]: e for e in load_manifest()}
+    for ui_file in sorted(root.glob("*.json")):
+        if ui_file.name == "core_nodes.json":
+            continue
+        ui = json.loads(ui_file.read_text())
+        names = workflow_model_files(ui)
+        assert names and names == workflow_model_files(json.loads((root / "api" / ui_file.name).read_text()))
+        assert main(["models", "check", "--models", str(tmp_path), "--workflow", str(ui_file)]) == 1  # all missing
+        listed = [line.split("/", 1)[1].split()[0] for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("MISSING")]
+        assert sorted(listed) == sorted(names) and all(n in by_file for n in names), ui_file.name
+    broken = json.loads((root / "if_edit_image_edit_no_vlm.json").read_text())
+    node = next(n for n in broken["nodes"] if "wan2.2_i2v_high_noise_14B_fp16.safetensors" in (n["widgets_values"] or []))
+    node["widgets_values"][node["widgets_values"].index("wan2.2_i2v_high_noise_14B_fp16.safetensors")] = "my_wan.safetensors"
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    assert main(["models", "check", "--models", str(tmp_path), "--workflow", str(tmp_path / "broken.json")]) == 2
+    assert "Not in the manifest: broken.json: my_wan.safetensors" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import VPEError
+from .errors import InputError, VPEError
 from .placement import PLACEMENTS
 
 TRAINERS = ("videoprior_edit.video4edit.train", "videoprior_edit.byg.train", "videoprior_edit.imvideoedit.train",
@@ -70,7 +70,8 @@ def _zoo(args) -> int:
 def _check(args) -> int:
     from .manifest import check, format_report, load_manifest
 
-    results = check(args.models, load_manifest(args.manifest), verify_sha=args.sha256, ids=args.ids)
+    entries = load_manifest(args.manifest)
+    results = check(args.models, entries, verify_sha=args.sha256, ids=_ids(entries, args))
     print(format_report(results))
     return 0 if all(r.good for r in results) else 1
 
@@ -78,10 +79,21 @@ def _check(args) -> int:
 def _download(args) -> int:
     from .manifest import download, load_manifest, select
 
-    for entry in select(load_manifest(args.manifest), args.ids):
+    entries = load_manifest(args.manifest)
+    ids = _ids(entries, args)
+    if not ids:
+        raise InputError("Nothing to download.", "Name model ids or groups (e.g. if-edit), or --workflow FILE.")
+    for entry in select(entries, ids):
         result = download(entry, args.models, verify_sha=not args.no_sha256)
         print(f"{result.status:8s} {result.path}")
     return 0
+
+
+def _ids(entries: list[dict], args) -> list[str]:
+    """The ids and groups named on the command line plus the models the --workflow files pick."""
+    from .manifest import workflow_ids
+
+    return list(args.ids) + (workflow_ids(entries, args.workflow) if args.workflow else [])
 
 
 def _edit_parser(sub) -> None:
@@ -159,12 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--models", required=True, help="ComfyUI models folder")
     c.add_argument("--sha256", action="store_true", help="also verify checksums (reads every byte)")
     c.add_argument("--manifest", help="another manifest file")
+    c.add_argument("--workflow", action="append", metavar="FILE", help="the models a ComfyUI workflow (.json, UI or "
+                   "API format) uses; repeatable")
     c.set_defaults(run=_check)
     g = msub.add_parser("download", help="download with huggingface_hub: resumable, verified, never overwrites")
-    g.add_argument("ids", nargs="+", help="model ids or groups (e.g. if-edit)")
+    g.add_argument("ids", nargs="*", help="model ids or groups (e.g. if-edit)")
     g.add_argument("--models", required=True, help="ComfyUI models folder")
     g.add_argument("--no-sha256", action="store_true", help="skip checksum verification after download")
     g.add_argument("--manifest", help="another manifest file")
+    g.add_argument("--workflow", action="append", metavar="FILE", help="the models a ComfyUI workflow uses; repeatable")
     g.set_defaults(run=_download)
     return p
 

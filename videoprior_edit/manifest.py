@@ -87,6 +87,27 @@ def select(entries: list[dict], ids: list[str] | None) -> list[dict]:
     return [e for e in entries if e["id"] in ids or set(e.get("groups", [])) & set(ids)]
 
 
+def workflow_ids(entries: list[dict], workflow_files: list[str | Path]) -> list[str]:
+    """The manifest ids of the model files the workflows pick; a file the manifest lacks is an error that names it."""
+    import json
+
+    from .workflow import workflow_model_files
+
+    by_file, ids, unknown = {e["file"]: e["id"] for e in entries}, [], []
+    for path in workflow_files:
+        try:
+            names = workflow_model_files(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            raise ModelFileError(f"Cannot read the workflow {path} ({e}).", "Give a ComfyUI workflow .json file.") \
+                from None
+        ids += [by_file[n] for n in names if n in by_file]
+        unknown += [f"{Path(path).name}: {n}" for n in names if n not in by_file]
+    if unknown:
+        raise ModelFileError(f"Not in the manifest: {', '.join(unknown)}.",
+                             "Pick files from models_manifest.json in the workflow (or check them by hand).")
+    return list(dict.fromkeys(ids))
+
+
 def format_report(results: list[Check]) -> str:
     marks = {"ok": "ok     ", "present": "present", "missing": "MISSING", "wrong_size": "SIZE!  ",
              "bad_checksum": "SHA256!"}

@@ -133,6 +133,20 @@ def _check_value(spec: list, value, model_files: set[str] | None) -> str:
     return ""
 
 
+def workflow_model_files(workflow: dict) -> list[str]:
+    """The model file names a workflow (UI or API format) picks in its widgets, in order, without repeats."""
+    if "nodes" in workflow:  # UI format
+        values = [v for node in workflow["nodes"] for v in _widget_list(node.get("widgets_values"))]
+    else:  # API format
+        values = [v for node in workflow.values() if isinstance(node, dict)
+                  for v in (node.get("inputs") or {}).values()]
+    return list(dict.fromkeys(v for v in values if _looks_like_model(v)))
+
+
+def _widget_list(values) -> list:
+    return list(values.values()) if isinstance(values, dict) else list(values or [])
+
+
 def _looks_like_model(value) -> bool:
     return isinstance(value, str) and value.endswith((".safetensors", ".sft", ".gguf", ".ckpt", ".pt", ".bin"))
 
