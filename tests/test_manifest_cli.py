@@ -230,7 +230,7 @@ def test_models_check_reports_exactly_the_models_a_shipped_workflow_uses(tmp_pat
     from videoprior_edit.workflow import workflow_model_files
 
     root = Path(__file__).resolve().parent.parent / "workflows"
-    by_file = {e["file"]: e for e in load_manifest()}
+    by_file = {e["file"]: e for e in load_manifest(trained=True)}
     for ui_file in sorted(root.glob("*.json")):
         if ui_file.name == "core_nodes.json":
             continue
@@ -247,3 +247,21 @@ def test_models_check_reports_exactly_the_models_a_shipped_workflow_uses(tmp_pat
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     assert main(["models", "check", "--models", str(tmp_path), "--workflow", str(tmp_path / "broken.json")]) == 2
     assert "Not in the manifest: broken.json: my_wan.safetensors" in capsys.readouterr().err
+
+
+def test_trained_files_are_listed_with_the_command_that_makes_them(tmp_path, capsys):
+    from pathlib import Path
+
+    from videoprior_edit.cli import main
+
+    trained = [e for e in load_manifest(trained=True) if "made_by" in e]
+    assert trained and not any("made_by" in e for e in load_manifest())  # downloads never include them
+    for e in trained:
+        assert {"id", "name", "architecture", "purpose", "folder", "file", "groups"} <= e.keys()
+        assert e["made_by"].startswith("videoprior-edit train-") and "source" not in e
+    flow = str(Path(__file__).resolve().parent.parent / "workflows" / "byg_image_edit_flux_lora.json")
+    assert main(["models", "check", "--models", str(tmp_path), "--workflow", flow]) == 1
+    out = capsys.readouterr().out
+    assert "1 file(s) to train" in out and "loras/byg_flux_lora.safetensors\n    <- videoprior-edit train-byg" in out
+    assert main(["models", "download", "--models", str(tmp_path), "byg_flux_lora"]) == 0  # nothing to fetch
+    assert capsys.readouterr().out.startswith("train    loras/byg_flux_lora.safetensors  <- videoprior-edit train-byg")

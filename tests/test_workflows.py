@@ -49,7 +49,7 @@ def test_shipped_files_are_what_the_builder_writes(build, tmp_path):
 @pytest.mark.parametrize("path", [p for p in _shipped() if p.name != "core_nodes.json"], ids=lambda p: p.stem)
 def test_every_shipped_workflow_is_valid(path, schemas):
     ui = json.loads(path.read_text())
-    files = {e["file"].split("/")[-1] for e in load_manifest()}
+    files = {e["file"].split("/")[-1] for e in load_manifest(trained=True)}  # trained: adapters / ByG LoRAs
     assert check_workflow(ui, schemas, files) == []
     used = {v for n in ui["nodes"] for v in n.get("widgets_values", []) if str(v).endswith(".safetensors")}
     note = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note")

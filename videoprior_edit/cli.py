@@ -70,7 +70,7 @@ def _zoo(args) -> int:
 def _check(args) -> int:
     from .manifest import check, format_report, load_manifest
 
-    entries = load_manifest(args.manifest)
+    entries = load_manifest(args.manifest, trained=bool(args.workflow or args.ids))
     results = check(args.models, entries, verify_sha=args.sha256, ids=_ids(entries, args))
     print(format_report(results))
     return 0 if all(r.good for r in results) else 1
@@ -79,11 +79,14 @@ def _check(args) -> int:
 def _download(args) -> int:
     from .manifest import download, load_manifest, select
 
-    entries = load_manifest(args.manifest)
+    entries = load_manifest(args.manifest, trained=True)
     ids = _ids(entries, args)
     if not ids:
         raise InputError("Nothing to download.", "Name model ids or groups (e.g. if-edit), or --workflow FILE.")
     for entry in select(entries, ids):
+        if "made_by" in entry:
+            print(f"train    {entry['folder']}/{entry['file']}  <- {entry['made_by']}")
+            continue
         result = download(entry, args.models, verify_sha=not args.no_sha256)
         print(f"{result.status:8s} {result.path}")
     return 0

@@ -14,12 +14,14 @@ from .errors import ModelFileError
 MANIFEST = Path(__file__).resolve().parent.parent / "models_manifest.json"
 
 
-def load_manifest(path: str | Path | None = None) -> list[dict]:
-    """The manifest's entries (the pack's own `models_manifest.json` unless a path is given)."""
+def load_manifest(path: str | Path | None = None, trained: bool = False) -> list[dict]:
+    """The manifest's downloadable entries (the pack's own `models_manifest.json` unless a path is given); with
+    `trained`, also the files no one publishes that the pack's trainers make (`made_by` instead of `source`)."""
     path = Path(path or MANIFEST)
     if not path.is_file():
         raise ModelFileError(f"Manifest not found: {path}", "Run from a clone of the pack or pass --manifest.")
-    return json.loads(path.read_text())["models"]
+    data = json.loads(path.read_text())
+    return data["models"] + (data.get("trained", []) if trained else [])
 
 
 def source_url(entry: dict) -> str:
@@ -56,7 +58,8 @@ def check_file(entry: dict, models_dir: Path, verify_sha: bool = False) -> Check
 def verify(entry: dict, path: Path, verify_sha: bool = False) -> Check:
     """Check the file at `path` against the size and sha256 that `entry` publishes."""
     if not path.is_file():
-        return Check(entry, path, "missing", f"get it from {source_url(entry)}")
+        where = f"train it: {entry['made_by']}" if "made_by" in entry else f"get it from {source_url(entry)}"
+        return Check(entry, path, "missing", where)
     size, want = path.stat().st_size, entry.get("size_bytes")
     if want is not None and size != want:
         return Check(entry, path, "wrong_size", f"{size:,} bytes, expected {want:,} (partial download?)")
@@ -114,6 +117,11 @@ def format_report(results: list[Check]) -> str:
     lines = [f"{marks[r.status]}  {r.entry['folder']}/{r.entry['file']}" + (f"  ({r.detail})" if r.detail else "")
              for r in results]
     todo = [r for r in results if r.status in ("missing", "wrong_size", "bad_checksum")]
+    train = [r for r in todo if "made_by" in r.entry]
+    todo = [r for r in todo if "made_by" not in r.entry]
+    if train:
+        lines.append(f"\n{len(train)} file(s) to train (no one publishes them):")
+        lines += [f"  {r.path}\n    <- {r.entry['made_by']}" for r in train]
     if todo:
         lines.append(f"\n{len(todo)} file(s) to fetch: `videoprior-edit models download "
                      f"{' '.join(r.entry['id'] for r in todo)} --models <models dir>` or by hand:")
@@ -128,6 +136,9 @@ def download(entry: dict, models_dir: str | Path, verify_sha: bool = True, endpo
     current = check_file(entry, Path(models_dir), verify_sha)
     if current.good:
         return current
+    if "made_by" in entry:
+        raise ModelFileError(f"{entry['file']} is not published anywhere: the pack's trainer makes it.",
+                             f"Train it: {entry['made_by']}; put it in {Path(models_dir) / entry['folder']}.")
     from huggingface_hub import hf_hub_download
 
     staging = Path(models_dir) / ".vpe_downloads"

@@ -125,7 +125,130 @@ def if_edit(g: Graph, backend: str) -> None:
     g.note(IF_EDIT_NOTE.format(what=what, vlm=VLM_LINES[backend]), (860, 700), (640, 470))
 
 
+BYG_IMAGE_NOTE = """ByG image edit on FLUX.1-dev with an editing LoRA
+
+The source image's tokens sit beside the noisy tokens under the same positions (ByG; 'kontext' offsets
+them); the LoRA teaches FLUX to edit as the instruction says. 20 steps, guidance 3.5 (the paper's).
+
+Models (videoprior-edit models download byg-image --models ComfyUI/models; FLUX.1-dev is gated: accept
+its license on Hugging Face and set HF_TOKEN):
+- diffusion_models/flux1-dev.safetensors
+- text_encoders/clip_l.safetensors, text_encoders/t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn)
+- vae/ae.safetensors
+- loras/byg_flux_lora.safetensors: train it with `videoprior-edit train-byg --family flux`, or pick any
+  FLUX.1-dev editing LoRA (kohya, BFL or diffusers format; the node says how many keys matched).
+
+GPU memory (weights, bf16; estimates from file sizes): everything resident ~34 GB; the text encoders
+are released after encoding, as with one_expert on Wan (~24 GB); weight_storage fp8_e4m3fn ~13 GB.
+Activations at 1024 px come on top (the source tokens double the sequence).
+
+Tweak: LoRA strength 0.6-1.2; guidance 2.5-4; max_side 768 for speed; merge off to try strengths fast."""
+
+
+def byg_image(g: Graph) -> None:
+    image = g.node("LoadImage", (40, 80), "Source image", (320, 320), image="example.png")
+    loader = g.node("VPE_FluxModelLoader", (40, 460), "FLUX.1-dev", (380, 230), model="flux1-dev.safetensors",
+                    clip_l="clip_l.safetensors", t5xxl="t5xxl_fp16.safetensors", vae="ae.safetensors",
+                    precision="bf16")
+    lora = g.node("VPE_FluxLoraLoader", (460, 460), "ByG editing LoRA", (340, 150),
+                  lora="byg_flux_lora.safetensors", strength=1.0)
+    editor = g.node("VPE_ByGImageEdit", (840, 80), "ByG image edit", (380, 400),
+                    instruction="make it a snowy winter evening", steps=20, guidance=3.5, seed=42)
+    save = g.node("SaveImage", (1260, 80), "Edited image", (360, 380), filename_prefix="videoprior/byg_image")
+    for src, out, dst, name in ((loader, "flux_models", lora, "flux_models"), (lora, "flux_models", editor,
+                                "flux_models"), (image, "IMAGE", editor, "image"), (editor, "edited", save, "images")):
+        g.link(src, out, dst, name)
+    g.note(BYG_IMAGE_NOTE, (460, 660), (620, 420))
+
+
+BYG_VIDEO_NOTE = """ByG video edit on Wan2.2-T2V-A14B with editing LoRAs
+
+The source video's clean latents are concatenated with the noisy ones under the same positions; the
+LoRAs (one per expert) make the T2V model edit as the instruction says. UniPC at Wan's native
+resolution (832x480, 81 frames at 16 fps; fewer frames for a quick try); steps/CFG 0 = Wan2.2's
+defaults (40 steps, CFG 4 / 3, shift 12).
+
+Models (videoprior-edit models download byg-video --models ComfyUI/models):
+- diffusion_models/wan2.2_t2v_high_noise_14B_fp16.safetensors
+- diffusion_models/wan2.2_t2v_low_noise_14B_fp16.safetensors (or the _fp8_scaled pair)
+- text_encoders/umt5_xxl_fp16.safetensors, vae/wan_2.1_vae.safetensors
+- loras/byg_lora_high_noise.safetensors, loras/byg_lora_low_noise.safetensors: train them with
+  `videoprior-edit train-byg --expert both`, or pick any Wan2.2-T2V editing LoRA pair.
+
+GPU memory (weights, bf16; estimates from file sizes): all_on_device ~70 GB; one_expert (default: one
+expert or the text encoder at a time) ~29 GB; with weight_storage fp8_e4m3fn ~15 GB; block_offload
+< 4 GB (slow). The source tokens double the attention sequence: activations at 480p x 81 frames are
+large, so start with 33 frames.
+
+Tweak: source_timestep zero gives the source tokens t=0; positions offset moves them after the clip;
+LoRA strengths 0.6-1.2; merge off to try strengths without reloading."""
+
+
+def byg_video(g: Graph) -> None:
+    video = g.node("LoadVideo", (40, 80), "Source video", (320, 320), file="example.mp4")
+    loader = g.node("VPE_WanModelLoader", (40, 460), "Wan2.2-T2V-A14B", (380, 280),
+                    model="wan2.2_t2v_high_noise_14B_fp16.safetensors",
+                    model_low_noise="wan2.2_t2v_low_noise_14B_fp16.safetensors",
+                    text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors", clip_vision="none",
+                    precision="bf16", placement="one_expert")
+    high = g.node("VPE_WanLoraLoader", (460, 460), "ByG LoRA (high noise)", (340, 130),
+                  lora="byg_lora_high_noise.safetensors", strength=1.0, expert="high")
+    low = g.node("VPE_WanLoraLoader", (460, 620), "ByG LoRA (low noise)", (340, 130),
+                 lora="byg_lora_low_noise.safetensors", strength=1.0, expert="low")
+    editor = g.node("VPE_ByGVideoEdit", (860, 80), "ByG video edit", (380, 520),
+                    instruction="turn the scene into a snowy winter day", scheduler="unipc", seed=42)
+    make = g.node("CreateVideo", (1280, 80), "Edited clip", (300, 120), fps=16.0)
+    save = g.node("SaveVideo", (1620, 80), "Save video", (380, 380), filename_prefix="videoprior/byg_video")
+    for src, out, dst, name in ((loader, "wan_models", high, "wan_models"), (high, "wan_models", low, "wan_models"),
+                                (low, "wan_models", editor, "wan_models"), (video, "VIDEO", editor, "video"),
+                                (editor, "frames", make, "images"), (editor, "frame_rate", make, "fps"),
+                                (make, "VIDEO", save, "video")):
+        g.link(src, out, dst, name)
+    g.note(BYG_VIDEO_NOTE, (860, 660), (660, 470))
+
+
+IMVIDEOEDIT_NOTE = """ImVideoEdit spatial-difference video edit on Wan2.1-T2V-1.3B
+
+A trained adapter (Predict-Update attention blocks + a text gate) on the frozen T2V model edits the
+source video frame by frame in space while the model keeps the motion. 50 UniPC steps, CFG 5, shift 3.
+
+Models (videoprior-edit models download imvideoedit --models ComfyUI/models):
+- diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors
+- text_encoders/umt5_xxl_fp16.safetensors, vae/wan_2.1_vae.safetensors
+- loras/imvideoedit_adapter.safetensors: train it from image pairs with
+  `videoprior-edit train-imvideoedit` (no adapter is published).
+
+GPU memory (weights, bf16; estimates from file sizes): all_on_device ~15 GB; one_expert (default: the
+text encoder, then the model) ~4 GB; block_offload < 2 GB. Activations at 480p x 81 frames on top.
+
+Tweak: strength < 1 starts from the noised source (closer to it); fewer frames for a quick try; the
+prompt describes the edited video, not the change."""
+
+
+def imvideoedit(g: Graph) -> None:
+    video = g.node("LoadVideo", (40, 80), "Source video", (320, 320), file="example.mp4")
+    loader = g.node("VPE_WanModelLoader", (40, 460), "Wan2.1-T2V-1.3B", (380, 280),
+                    model="wan2.1_t2v_1.3B_fp16.safetensors", model_low_noise="none",
+                    text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors", clip_vision="none",
+                    precision="bf16", placement="one_expert")
+    adapter = g.node("VPE_ImVideoEditAdapterLoader", (460, 460), "ImVideoEdit adapter", (340, 130),
+                     adapter="imvideoedit_adapter.safetensors")
+    editor = g.node("VPE_ImVideoEditVideoEdit", (860, 80), "ImVideoEdit video edit", (380, 520),
+                    prompt="a red sports car drives along a snowy mountain road", seed=42)
+    make = g.node("CreateVideo", (1280, 80), "Edited clip", (300, 120), fps=16.0)
+    save = g.node("SaveVideo", (1620, 80), "Save video", (380, 380), filename_prefix="videoprior/imvideoedit")
+    for src, out, dst, name in ((loader, "wan_models", adapter, "wan_models"), (loader, "wan_models", editor,
+                                "wan_models"), (adapter, "adapter", editor, "adapter"), (video, "VIDEO", editor, "video"),
+                                (editor, "frames", make, "images"), (editor, "fps", make, "fps"),
+                                (make, "VIDEO", save, "video")):
+        g.link(src, out, dst, name)
+    g.note(IMVIDEOEDIT_NOTE, (460, 660), (620, 400))
+
+
 WORKFLOWS = {"video4edit_chronoedit_tail_frame_edit": chronoedit,
+             "byg_image_edit_flux_lora": byg_image,
+             "byg_video_edit_wan22_t2v_lora": byg_video,
+             "imvideoedit_spatial_difference_video_edit": imvideoedit,
              "if_edit_image_edit_full": lambda g: if_edit(g, "openai"),
              "if_edit_image_edit_no_vlm": lambda g: if_edit(g, "template")}
 
