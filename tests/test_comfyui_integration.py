@@ -31,7 +31,11 @@ STAND_INS = {"chrono_edit_14B_fp16.safetensors": "wan21_i2v", "chronoedit_distil
              "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors": "lightning_high",
              "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors": "lightning_low",
              "wan2.1_t2v_1.3B_fp16.safetensors": "wan21_t2v", "umt5_xxl_fp16.safetensors": "umt5",
-             "wan_2.1_vae.safetensors": "vae", "clip_vision_h.safetensors": "clip_vision"}
+             "wan_2.1_vae.safetensors": "vae", "clip_vision_h.safetensors": "clip_vision",
+             "wan2.2_t2v_high_noise_14B_fp16.safetensors": "wan21_t2v",
+             "wan2.2_t2v_low_noise_14B_fp16.safetensors": "wan21_t2v"}
+FLUX_STAND_INS = {"flux1-dev.safetensors": "transformer", "clip_l.safetensors": "clip_l",
+                  "t5xxl_fp16.safetensors": "t5xxl", "ae.safetensors": "vae"}
 
 
 def _models_tree(zoo, root: Path) -> None:
@@ -40,11 +44,64 @@ def _models_tree(zoo, root: Path) -> None:
         (root / folder.name).mkdir(parents=True)
         for item in folder.iterdir():
             (root / folder.name / item.name).symlink_to(item, target_is_directory=item.is_dir())
-    for real, key in STAND_INS.items():
-        target = zoo.file(key)
+    for real, target in [(r, zoo.file(k)) for r, k in STAND_INS.items()] + \
+            [(r, zoo.flux[k]) for r, k in FLUX_STAND_INS.items()]:
         link = root / target.parent.name / real
         if not link.exists():
             link.symlink_to(target)
+    _trained_stand_ins(zoo, root / "loras")
+
+
+def _trained_stand_ins(zoo, loras: Path) -> None:
+    """Tiny stand-ins of the files the pack's trainers make (the manifest's 'trained' entries): ByG LoRAs for the
+    tiny Wan T2V and FLUX models, and an ImVideoEdit adapter, written with the library's own code."""
+    import torch
+    from safetensors.torch import save_file
+
+    from videoprior_edit.imvideoedit import create_adapter, save_adapter
+    from videoprior_edit.models.wan import load_wan_transformer
+    from videoprior_edit.zoo import tiny_lightning_lora
+
+    t2v = load_wan_transformer(zoo.file("wan21_t2v"), dtype="fp32")
+    for i, expert in enumerate(("high", "low")):
+        save_file(tiny_lightning_lora(t2v, seed=30 + i), loras / f"byg_lora_{expert}_noise.safetensors")
+    save_adapter(create_adapter(t2v), loras / "imvideoedit_adapter.safetensors", "fp32")
+    from safetensors import safe_open
+
+    gen, flux_lora = torch.Generator().manual_seed(7), {}
+    with safe_open(str(zoo.flux["transformer"]), "pt") as f:  # BFL names: a LoRA on every attention qkv
+        for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            if key.endswith(".qkv.weight"):
+                out_dim, in_dim = f.get_slice(key).get_shape()
+                stem = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
+                flux_lora[stem + ".lora_down.weight"] = 0.1 * torch.randn(4, in_dim, generator=gen)
+                flux_lora[stem + ".lora_up.weight"] = 0.1 * torch.randn(out_dim, 4, generator=gen)
+                flux_lora[stem + ".alpha"] = torch.tensor(4.0)
+    assert flux_lora, "the tiny FLUX file has no attention qkv weights"
+    save_file(flux_lora, loras / "byg_flux_lora.safetensors")
+
+
+def _with_av(code: str, *args: str) -> str:
+    """Run `code` in ComfyUI's Python (which has PyAV: ComfyUI's video nodes need it); returns its stdout."""
+    run = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", code, *args], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+def _source_video(path: Path) -> None:
+    """A small H.264 clip for LoadVideo: 9 frames of 70x50 noise at 16 fps."""
+    _with_av("""
+import sys, av, numpy as np
+rng = np.random.default_rng(1)
+with av.open(sys.argv[1], "w") as container:
+    stream = container.add_stream("libx264", rate=16)
+    stream.width, stream.height, stream.pix_fmt = 70, 50, "yuv420p"
+    for i in range(9):
+        frame = av.VideoFrame.from_ndarray((rng.random((50, 70, 3)) * 120 + i * 12).astype(np.uint8), format="rgb24")
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+""", str(path))
 
 
 def _free_port() -> int:
@@ -63,6 +120,7 @@ def server(zoo, tmp_path_factory):
     (base / "input").mkdir()
     _source().save(base / "input" / "vpe_source.png")
     _source().save(base / "input" / "example.png")
+    _source_video(base / "input" / "example.mp4")
     port = _free_port()
     log = tmp_path_factory.mktemp("comfy") / "server.log"
     with open(log, "w") as out:
@@ -196,8 +254,39 @@ def test_shipped_workflow_runs_in_comfyui(server, path):
         if node["inputs"].get("backend") == "openai":
             node["inputs"].update(backend="local", local_model=llm)
     history = _run(url, prompt, log)
-    saved = [img for out in history["outputs"].values() for img in out.get("images", [])]
-    assert saved, history["outputs"]
-    for img in saved:
-        with Image.open(base / "output" / img.get("subfolder", "") / img["filename"]) as picture:
+    files = [img for out in history["outputs"].values() for img in out.get("images", []) + out.get("video", [])
+             if img.get("type") == "output"]  # not the nodes' small previews (type "temp")
+    assert files, history["outputs"]
+    for img in files:
+        found = base / "output" / img.get("subfolder", "") / img["filename"]
+        if found.suffix in (".mp4", ".webm", ".mkv", ".mov"):
+            assert _video_shape(found) == (9, 64, 48)  # the 9-frame 70x50 clip resized to multiples of 16
+            continue
+        with Image.open(found) as picture:
             assert picture.size == (64, 48)  # the 70x50 input resized to multiples of 16
+    reports = [out["text"] for node, out in history["outputs"].items()
+               if prompt[node]["class_type"].startswith("VPE_") and out.get("text")]
+    assert reports, "no pack node reported on itself"  # what the web extension shows on the node
+    previews = [img for out in history["outputs"].values() for img in out.get("images", []) if img["type"] == "temp"]
+    assert previews and all((base / "temp" / img["filename"]).is_file() for img in previews)
+
+
+def _video_shape(path: Path) -> tuple[int, int, int]:
+    """(frames, width, height) of a saved video."""
+    out = _with_av("""
+import sys, av
+with av.open(sys.argv[1]) as container:
+    frames = list(container.decode(video=0))
+print(len(frames), frames[0].width, frames[0].height)
+""", str(path))
+    return tuple(int(v) for v in out.split())
+
+
+def test_comfyui_serves_the_node_report_extension(server):
+    url, _, _ = server
+    with urllib.request.urlopen(url + "/extensions", timeout=30) as r:
+        scripts = json.loads(r.read())
+    assert any(s.endswith("/node_report.js") for s in scripts), scripts
+    ours = next(s for s in scripts if s.endswith("/node_report.js"))
+    with urllib.request.urlopen(url + ours, timeout=30) as r:
+        assert b'startsWith("VPE_")' in r.read()
