@@ -6,6 +6,7 @@ model sets switch them in place."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,6 +197,29 @@ def test_fp8_storage_merges_within_fp8_rounding(zoo):
         assert params[name].dtype == torch.float8_e4m3fn
         assert ((params[name].float() - want).abs() <= want.abs() / 8 + 2 ** -9).all(), name
     assert isinstance(fp8.blocks[0].attn1.to_q, Fp8StorageLinear)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn,
+                                   torch.float64])
+@pytest.mark.parametrize(("scale", "strength"), [(1.0, 1.0), (0.375, 0.7), (0.5, -0.3), (2.0, 1.0), (0.1, 4.0)])
+def test_merged_pair_rounds_like_a_hand_merge(dtype, scale, strength, monkeypatch):
+    """The merge's one-buffer path (the product scaled in place, the weight added into it; fp8 weights upcast a few
+    rows at a time) gives the bits of a hand merge in float32, into a new tensor, leaving its inputs as they were."""
+    from videoprior_edit.lora import apply as apply_module
+    from videoprior_edit.lora.apply import merged_pair
+    from videoprior_edit.lora.formats import weight_delta
+    from videoprior_edit.lora.layers import added
+
+    monkeypatch.setattr(apply_module, "_CHUNK", 7 * 24)  # fp8: several chunks of 7 rows, the last one short
+    g = torch.Generator().manual_seed(0)
+    value = (torch.randn(50, 24, generator=g) * 0.2).to(dtype)
+    down, up = torch.randn(8, 24, generator=g) * 0.3, torch.randn(50, 8, generator=g) * 0.3
+    inputs = [t.clone() for t in (value, down, up)]
+    got = merged_pair(value, down, up, scale, strength)
+    want = added(value, weight_delta(down, up, None, scale), strength)
+    assert got.dtype == dtype and got.shape == value.shape and torch.equal(got.float(), want.float())
+    assert all(torch.equal(a.float(), b.float()) for a, b in zip(inputs, (value, down, up)))
+    assert got.untyped_storage().data_ptr() not in {t.untyped_storage().data_ptr() for t in (value, down, up)}
 
 
 def test_lora_for_another_base_is_refused_by_name(zoo, tmp_path):
@@ -486,6 +510,7 @@ def assert_merged_none(model, base) -> None:
 
 def test_strength_changes_and_removal_read_no_file(zoo, tmp_path, monkeypatch):
     from videoprior_edit import weights
+    from videoprior_edit.lora import formats
 
     base = _i2v(zoo)
     save_file(_i2v_lora(base, seed=1), tmp_path / "a.safetensors")
@@ -494,8 +519,9 @@ def test_strength_changes_and_removal_read_no_file(zoo, tmp_path, monkeypatch):
     apply_lora(model, tmp_path / "a.safetensors", 1.0, merge=False, name="a")
     apply_lora(model, tmp_path / "b.safetensors", -0.5, merge=False, name="b")
     reads = []
-    real_open = weights.safe_open
+    real_open, real_read = weights.safe_open, formats.read_file
     monkeypatch.setattr(weights, "safe_open", lambda *a, **k: reads.append(a) or real_open(*a, **k))
+    monkeypatch.setattr(formats, "read_file", lambda *a, **k: reads.append(a) or real_read(*a, **k))
     expected = {}
     for sa, sb in ((1.0, -0.5), (0.25, -0.5), (0.25, 1.5), (0.0, 1.5)):
         set_lora_strength(model, "a", sa)
@@ -556,6 +582,75 @@ def test_unmerged_never_shares_or_writes_the_callers_tensors(zoo):
     ours = {t.untyped_storage().data_ptr() for m in model2.modules() if isinstance(m, (LoraLayer, ParamPatch))
             for t in m._buffers.values()}
     assert ours and not ours & {t.untyped_storage().data_ptr() for t in sd.values()}
+
+
+def _buffers(model, kinds=(LoraLayer, ParamPatch)) -> list[tuple]:
+    return [(name, t, t.data_ptr(), t._version) for m in model.modules() if isinstance(m, kinds)
+            for name, t in m._buffers.items()]
+
+
+def test_unmerged_from_a_file_keeps_its_own_copy_once(zoo, tmp_path):
+    """A LoRA file is read into new memory (never the file's memory map): the first unmerged use keeps those tensors
+    without a second copy; writing them changes neither the file nor anyone else's; a read shared by two models
+    (a set applying one file to both experts) is copied for the second. A strength change leaves every tensor as it
+    was."""
+    path = tmp_path / "lora.safetensors"
+    save_file(_i2v_lora(_i2v(zoo)), path)
+    on_disk = load_file(path)
+    lora = read_lora(path)
+    assert lora.owned and lora.keys == list(on_disk)
+    for key, t in on_disk.items():
+        delta = next(d for d in lora.deltas.values() if key in d.keys)
+        if key.endswith(".alpha"):
+            assert delta.alpha == t.item(), key
+    first, second = _i2v(zoo), _i2v(zoo)
+    from videoprior_edit.lora.apply import apply_read
+
+    apply_read(first, lora, 0.5, False, "x")
+    apply_read(second, lora, 0.5, False, "x")
+    layer = first.blocks[0].attn1.to_q.vpe_lora
+    delta = lora.deltas["diffusion_model.blocks.0.self_attn.q"]
+    # kept (fp32 file, fp32 model: no second copy), and not in a memory map of the file
+    assert layer.a0_down.data_ptr() == delta.down.data_ptr() and layer.a0_up.data_ptr() == delta.up.data_ptr()
+    maps = Path("/proc/self/maps")
+    if maps.is_file():
+        mapped = [[int(x, 16) for x in line.split()[0].split("-")] for line in maps.read_text().splitlines()
+                  if line.endswith(str(path.resolve()))]
+        assert not any(lo <= t.data_ptr() < hi for _, t, *_ in _buffers(first) for lo, hi in mapped)
+    ours = {t.untyped_storage().data_ptr() for _, t, *_ in _buffers(first)}
+    theirs = {t.untyped_storage().data_ptr() for _, t, *_ in _buffers(second)}
+    assert ours and theirs and not ours & theirs  # the second model got copies
+    before = _buffers(first)
+    set_lora_strength(first, "x", -1.5)  # numbers only: every LoRA tensor stays as it was
+    after = _buffers(first)
+    assert len(before) == len(after) and all(x[0] == y[0] and x[1] is y[1] and x[2:] == y[2:]
+                                             for x, y in zip(before, after))
+    with torch.no_grad():
+        for _, t, *_ in _buffers(first, LoraLayer):
+            t.add_(1.0)  # written: only this model's LoRA tensors change
+    assert all(torch.equal(t, on_disk[k]) for k, t in load_file(path).items())
+    fresh = _i2v(zoo)
+    apply_lora(fresh, path, 0.5, merge=False, name="x")
+    pairs_ = list(zip(_buffers(fresh, LoraLayer), _buffers(second, LoraLayer)))
+    assert pairs_ and all(a[0] == b[0] and torch.equal(a[1], b[1]) for a, b in pairs_)
+
+
+def test_a_rewritten_lora_file_is_read_again(zoo, tmp_path):
+    """What is remembered of a LoRA file (its checks and layout) is used only while its size and header are the
+    same: new tensors of the same shapes, or other keys, are read as they are now."""
+    path = tmp_path / "lora.safetensors"
+    base = _i2v(zoo)
+    for seed in (1, 2):
+        save_file(_i2v_lora(base, seed=seed), path)
+        lora = read_lora(path)
+        want = load_file(path)
+        assert all(torch.equal(getattr(d, p), want[k]) for d in lora.deltas.values() for k in d.keys
+                   for p, end in (("down", ".lora_down.weight"), ("up", ".lora_up.weight")) if k.endswith(end))
+    save_file({k: v for k, v in load_file(path).items() if ".blocks.0." not in k}, path)
+    assert not any(".blocks.0." in k for k in read_lora(path).keys)
+    path.write_bytes(b"\x80\x04" + b"x" * 64)  # now a pickle under the same name
+    with pytest.raises(ModelFileError, match="pickle"):
+        read_lora(path)
 
 
 def _dequantized(model):
@@ -632,6 +727,34 @@ def test_an_unmerged_set_never_changes_the_set_it_came_from(zoo, mode, tmp_path,
     assert (run(merged_weaker) - weaker_result).abs().max() < 1e-4
 
 
+def test_a_new_strength_of_a_held_unmerged_lora_reads_nothing(zoo, monkeypatch, caplog):
+    """What the LoRA node does when only its strength changes: with_lora(merge=False) of a file the experts already
+    hold unmerged reuses the check made when it was added (no LoRA file read), logs the same line at the new
+    strength and leaves every LoRA tensor as it was; another file, or one the experts no longer hold, is read."""
+    from videoprior_edit.lora import formats
+
+    models = _files_set(zoo)
+    high = zoo.file("lightning_high")
+    first = with_lora(models, high, 0.5, "both", merge=False)
+    before = _buffers(models.transformer) + _buffers(models.transformer_2)
+    reads = []
+    real_read = formats.read_file
+    monkeypatch.setattr(formats, "read_file", lambda *a, **k: reads.append(a) or real_read(*a, **k))
+    with caplog.at_level(logging.INFO, logger="videoprior_edit.lora"):
+        second = with_lora(models, high, -1.25, "both", merge=False)
+    assert reads == [] and len(caplog.records) == 1
+    assert "at strength -1.25 added unmerged to" in caplog.text and "low-noise expert" in caplog.text
+    after = _buffers(models.transformer) + _buffers(models.transformer_2)
+    assert len(before) == len(after) and all(x[0] == y[0] and x[1] is y[1] and x[2:] == y[2:]
+                                             for x, y in zip(before, after))
+    assert unmerged_loras(models.transformer) == {"set:" + str(high): -1.25} == unmerged_loras(models.transformer_2)
+    assert first.loras == [(str(high), 0.5, "both", False)] and second.loras == [(str(high), -1.25, "both", False)]
+    with_lora(models, zoo.file("lightning_low"), 1.0, "low", merge=False)  # another file (read); the set lacks `high`
+    assert len(reads) == 1 and unmerged_loras(models.transformer) == {}
+    with_lora(models, high, 0.75, "both", merge=False)  # no longer held: read again (once for both experts)
+    assert len(reads) == 2 and unmerged_loras(models.transformer) == {"set:" + str(high): 0.75}
+
+
 def test_set_mixes_merged_and_unmerged_and_logs_one_line(zoo, tmp_path, caplog):
     models = _files_set(zoo)
     with caplog.at_level(logging.INFO, logger="videoprior_edit.lora"):
@@ -670,9 +793,11 @@ def test_lora_node_merge_input(pack, zoo, monkeypatch):
     assert spec["optional"]["merge"][0] == "BOOLEAN" and spec["optional"]["merge"][1]["default"] is True
     models = _zoo_set(pack, zoo, monkeypatch)
     q = models.transformer.blocks[0].attn1.to_q.weight.clone()
-    (lit,) = node.apply(models, zoo.file("lightning_high").name, 0.5, "high", merge=False)
+    out = node.apply(models, zoo.file("lightning_high").name, 0.5, "high", merge=False)
+    (lit,) = out["result"]  # the node shows the load summary on itself (ui.text)
+    assert any("added unmerged to 20 of its 20 modules" in line for line in out["ui"]["text"])
     assert lit.loras == [(str(zoo.file("lightning_high")), 0.5, "high", False)] and models.loras == []
     assert torch.equal(lit.transformer.blocks[0].attn1.to_q.weight, q)  # kept beside the weights
     assert unmerged_loras(lit.transformer) == {"set:" + str(zoo.file("lightning_high")): 0.5}
-    (merged,) = node.apply(models, zoo.file("lightning_high").name, 0.5, "high")
+    (merged,) = node.apply(models, zoo.file("lightning_high").name, 0.5, "high")["result"]
     assert merged.loras == [(str(zoo.file("lightning_high")), 0.5, "high")]

@@ -2,33 +2,39 @@
 
 Merged: `strength * (alpha / rank * up @ down + diff)` is added to each weight (and `diff_b` to its bias) in float32
 and stored back in the weight's dtype (fp8 storage included), into new tensors: storage shared with the file or the
-caller is never written. Undoing a merge means reading the weights again (the model sets do it).
+caller is never written. A low-rank pair is merged with one weight-sized float32 tensor (`merged_pair`). Undoing a
+merge means reading the weights again (the model sets do it).
 
 Unmerged: nothing of the base weights changes. Each affected `nn.Linear` (fp8-storage Linears too) gets a child
-module `vpe_lora` (a `LoraLayer`) holding every unmerged LoRA's tensors as non-persistent buffers, and a forward hook
-that adds `scale * (up(down(x)) + diff x + diff_b)`. Buffers move with the module (`.to()`, the placement's moves,
-diffusers group offloading) and are not part of `state_dict()` or `named_parameters()`. Deltas of other parameters
+module `vpe_lora` (a `LoraLayer`) holding every unmerged LoRA's tensors as non-persistent buffers (own copies in the
+Linear's compute dtype; a LoRA read from its file is already in new memory and is kept without a second copy when
+its dtype fits, once: a second model given the same read gets copies), and a forward hook that adds
+`scale * (up(down(x)) + diff x + diff_b)`. Buffers move with the module (`.to()`, the placement's moves, diffusers
+group offloading) and are not part of `state_dict()` or `named_parameters()`. Deltas of other parameters
 (norm weights, modulation tables, convolutions, LayerNorm biases: small tensors) go to a `ParamPatch` child
 `vpe_lora_params` of the owning module, which keeps the parameter's own value and sets the parameter to
 `own + sum(strength_i * delta_i)`, recomputed from the kept value on every change (exact, never accumulated).
-Changing a strength or removing an unmerged LoRA reads no file; removing the last one restores the model exactly.
+Changing a strength or removing an unmerged LoRA reads no file (a strength is a number: no tensor changes for a
+Linear); removing the last one restores the model exactly.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InputError, ModelFileError
 from ..models import wan_keys
-from .formats import LoraFile, read_lora
-from .layers import LAYER, PATCH, LoraLayer, ParamPatch, added, lora_hook
+from .formats import LoraFile, read_lora, weight_delta
+from .layers import FP8, LAYER, PATCH, LoraLayer, ParamPatch, added, lora_hook
 from .targets import ModelNames, Piece, apparent_base, describe_model
 
 log = logging.getLogger("videoprior_edit.lora")
@@ -89,6 +95,7 @@ class Plan:
 
     report: LoraReport
     pieces: list[Piece]
+    params: dict[str, nn.Parameter] = field(default_factory=dict)  # the model's, by name
 
 
 def plan(model: nn.Module, lora: LoraFile, target: str = "model") -> Plan:
@@ -103,7 +110,8 @@ def plan(model: nn.Module, lora: LoraFile, target: str = "model") -> Plan:
         what = "only text-encoder LoRA keys" if lora.skipped else wan_keys.describe_checkpoint(lora.keys)
         raise ModelFileError(f"'{lora.name}' holds no LoRA tensors for a diffusion model; it is {what}.",
                              "Pick a LoRA file (lora_down/lora_up or lora_A/lora_B tensors) in the LoRA input.")
-    names = ModelNames(model)
+    params = dict(model.named_parameters())
+    names = ModelNames.of(params)
     pieces, unmatched, keys = [], [], 0
     for delta in lora.deltas.values():
         found = names.pieces(delta)
@@ -122,7 +130,7 @@ def plan(model: nn.Module, lora: LoraFile, target: str = "model") -> Plan:
             f"{apparent_base(lora)}.",
             "Use a LoRA trained for this model (its download page names the base model), or load the model it was "
             "made for.")
-    return Plan(report, pieces)
+    return Plan(report, pieces, params)
 
 
 def _source_name(source, name: str | None) -> str:
@@ -147,37 +155,93 @@ def apply_lora(transformer: nn.Module, path: str | Path | Mapping[str, torch.Ten
 
 
 def apply_read(model: nn.Module, lora: LoraFile, strength: float, merge: bool, name: str, target: str = "model",
-               managed: bool = False) -> LoraReport:
-    """Apply an already read LoRA (no logging): merged, or unmerged under `name`."""
+               managed: bool = False, planned: Plan | None = None) -> LoraReport:
+    """Apply an already read LoRA (no logging): merged, or unmerged under `name`. `planned`: `plan(model, lora,
+    target)` made since `model`'s parameters last changed objects (else it is made here)."""
     adapters = adapters_of(model)
     if not merge and name in adapters:
         raise InputError(f"A LoRA named '{name}' is already applied unmerged to this model.",
                          "Change its strength with set_lora_strength, or remove it first (remove_lora).")
-    planned = plan(model, lora, target)
+    if planned is None:
+        planned = plan(model, lora, target)
     _drop_group_offload(model)
     if merge:
-        _merge(model, planned.pieces, strength)
+        _merge(model, planned, strength)
     else:
-        adapters[name] = _add_unmerged(model, planned.pieces, strength, name, managed)
+        # a LoRA read from a file owns its tensors: the first unmerged use keeps them without a copy
+        keep, lora.owned = lora.owned, False
+        adapters[name] = _add_unmerged(model, planned, strength, name, managed, keep)
+        adapters[name].report = planned.report
         planned.report.adapter = name
     planned.report.strength, planned.report.merged = strength, merge
     return planned.report
 
 
 # ------------------------------------------------------------------------------------------------ merged
-def _merge(model: nn.Module, pieces: list[Piece], strength: float) -> None:
-    params = dict(model.named_parameters())
+def _merge(model: nn.Module, planned: Plan, strength: float) -> None:
+    params = planned.params
     with torch.no_grad():
-        for piece in pieces:
+        for piece in planned.pieces:
             if piece.weight is not None:
+                owner, pname = _owner(model, piece.weight)
+                patch = owner._modules.get(PATCH)
                 weight = params[piece.weight]
-                _merge_param(model, piece.weight, weight, piece.weight_delta(weight.device), strength)
+                if piece.diff is None and not (isinstance(patch, ParamPatch) and patch.holds(pname)):
+                    weight.data = merged_pair(weight.detach(), piece.down, piece.up, piece.scale, strength)
+                else:
+                    _merge_param(owner, pname, weight, piece.weight_delta(weight.device), strength)
             if piece.bias is not None:
-                _merge_param(model, piece.bias, params[piece.bias], piece.diff_b.float(), strength)
+                owner, pname = _owner(model, piece.bias)
+                _merge_param(owner, pname, params[piece.bias], piece.diff_b.float(), strength)
 
 
-def _merge_param(model: nn.Module, key: str, param: nn.Parameter, delta: torch.Tensor, strength: float) -> None:
-    owner, pname = _owner(model, key)
+def merged_pair(value: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: float,
+                strength: float) -> torch.Tensor:
+    """value + strength * (scale * up @ down) in float32, rounded as `added(value, weight_delta(...), strength)`
+    rounds (so a merge equals a hand merge bit for bit), with one weight-sized float32 tensor: the product is made
+    in a new tensor, scaled in place and the weight added into it (a float32 weight is that result; another dtype
+    gets it rounded once into a new tensor of its own; fp8 weights are upcast a few rows at a time).
+
+    (Not `addmm`: BLAS accumulates long products into the output in pieces, which rounds differently.)"""
+    device = value.device
+    if value.dtype not in _MERGE_DTYPES:  # e.g. float64: adding it in place would compute in its dtype
+        return added(value, weight_delta(down, up, None, scale, device), strength)
+    delta = up.to(device, torch.float32).flatten(1) @ down.to(device, torch.float32).flatten(1)  # new, ours
+    for factor in _factors(scale, strength):
+        delta.mul_(factor)
+    if value.dtype in FP8:  # no implicit float8 promotion: upcast a few rows at a time (exact, small temporaries)
+        delta = delta.view(value.shape)
+        flat, rows = delta.view(value.shape[0], -1), value.view(value.shape[0], -1)
+        step = max(1, _CHUNK // max(1, flat.shape[1]))
+        for i in range(0, flat.shape[0], step):
+            flat[i:i + step].add_(rows[i:i + step].to(torch.float32))
+        delta.clamp_(torch.finfo(value.dtype).min, torch.finfo(value.dtype).max)
+    else:  # the weight is only read (16-bit values upcast as they are read, exactly)
+        delta = delta.view(value.shape).add_(value)
+    return delta if value.dtype == torch.float32 else delta.to(value.dtype)
+
+
+_CHUNK = 1 << 22  # elements of an fp8 weight upcast at once when merging
+_MERGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, *FP8)  # merged_pair's one-buffer path
+
+
+def _factors(scale: float, strength: float) -> tuple[float, ...]:
+    """The float32 multiplications that give `(delta * scale) * strength` as the two roundings would: one when a
+    factor is a power of two (scaling by it rounds nothing), none for 1."""
+    a, b = float(np.float32(scale)), float(np.float32(strength))
+    if a == 1.0 or b == 1.0:
+        return tuple(f for f in (a, b) if f != 1.0)
+    if _power_of_two(a) or _power_of_two(b):
+        return (a * b,)  # exact in float32 (a power of two times a float32 number)
+    return (a, b)
+
+
+def _power_of_two(x: float) -> bool:
+    mantissa, exponent = math.frexp(abs(x))
+    return mantissa == 0.5 and -125 <= exponent <= 128
+
+
+def _merge_param(owner: nn.Module, pname: str, param: nn.Parameter, delta: torch.Tensor, strength: float) -> None:
     patch = owner._modules.get(PATCH)
     if isinstance(patch, ParamPatch) and patch.holds(pname):  # unmerged LoRAs patch it: merge into its own value
         patch.merge_base(owner, pname, delta, strength)
@@ -187,7 +251,12 @@ def _merge_param(model: nn.Module, key: str, param: nn.Parameter, delta: torch.T
 
 def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     path, _, pname = key.rpartition(".")
-    return (model.get_submodule(path) if path else model), pname
+    module = model
+    if path:
+        for part in path.split("."):
+            child = module._modules.get(part)
+            module = child if child is not None else module.get_submodule(part)
+    return module, pname
 
 
 # ------------------------------------------------------------------------------------------------ unmerged
@@ -200,6 +269,7 @@ class _Adapter:
     managed: bool  # added by a model set's sync_loras (which alone changes or removes it)
     layers: list[tuple[LoraLayer, int]] = field(default_factory=list)
     patches: list[tuple[ParamPatch, int]] = field(default_factory=list)
+    report: LoraReport | None = None  # what applying it did (a set reuses it for a new strength: no file read)
 
 
 def adapters_of(model: nn.Module) -> dict[str, _Adapter]:
@@ -210,15 +280,18 @@ def adapters_of(model: nn.Module) -> dict[str, _Adapter]:
     return adapters
 
 
-def _add_unmerged(model: nn.Module, pieces: list[Piece], strength: float, name: str, managed: bool) -> _Adapter:
+def _add_unmerged(model: nn.Module, planned: Plan, strength: float, name: str, managed: bool,
+                  keep: bool = False) -> _Adapter:
+    """`keep`: the pieces' tensors belong to this LoRA alone (read from its file into new tensors), a Linear may
+    keep them without a copy when they already have its dtype and device."""
     adapter = _Adapter(name, strength, managed)
-    params = dict(model.named_parameters())
+    params = planned.params
     with torch.no_grad():
-        for piece in pieces:
+        for piece in planned.pieces:
             owner, pname = _owner(model, piece.weight or piece.bias)
             if isinstance(owner, nn.Linear) and pname in ("weight", "bias"):
                 layer = _layer(owner)
-                adapter.layers.append((layer, layer.add(piece, strength, owner)))
+                adapter.layers.append((layer, layer.add(piece, strength, owner, keep)))
                 continue
             if piece.weight is not None:
                 delta = piece.weight_delta(params[piece.weight].device)

@@ -17,13 +17,19 @@ like the pair) and lightx2v's `<block>.diff_m` (the block's modulation table). d
 the safetensors metadata (`lora_adapter_metadata`: lora_alpha, alpha_pattern, use_rslora), which is read too.
 Text-encoder keys are skipped; DoRA, LoHa and LoKr tensors are recognised and refused by name. Nothing here writes
 to a tensor it was given.
+
+A file's tensors are read straight into new memory that the read LoRA owns (`LoraFile.owned`; never views of the
+file's memory map), so an unmerged LoRA can keep them as they are (no second copy) when they already have the
+model's dtype and device.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import struct
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ModelFileError
 from ..weights import WeightFile
 
 # (suffix, kind)
@@ -46,6 +53,8 @@ _UNSUPPORTED = {".dora_scale": "DoRA", ".lora_magnitude_vector": "DoRA", ".hada_
                 ".lokr_w2_a": "LoKr", ".lokr_w2_b": "LoKr", ".lokr_t2": "LoKr", ".lora_mid.weight": "LoCon (Tucker)",
                 ".oft_blocks": "OFT", ".oft_diag": "OFT", ".w_norm": "GLoRA", ".a1.weight": "GLoRA",
                 ".set_weight": "full weight replacement"}
+_UNSUPPORTED_ENDS = tuple(_UNSUPPORTED)
+_SUFFIX_ENDS = tuple(suffix for suffix, _ in _SUFFIXES)
 # (prefix, layout label, name style, namespaces to look the name up in, in order)
 _PREFIXES = (
     ("model.diffusion_model.", "original names (diffusion_model.*)", "dot", ("original", "diffusers")),
@@ -62,7 +71,9 @@ _DIFFUSERS_HINTS = (".attn1.", ".attn2.", ".ffn.net.", ".condition_embedder.", "
                     ".ff.net.", ".norm1.linear", ".x_embedder")
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
            torch.float8_e4m3fn: "fp8_e4m3fn", torch.float8_e5m2: "fp8_e5m2"}
+_ITEM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32)
 METADATA_KEY = "lora_adapter_metadata"
+_SLAB = 16 * 2**20  # bytes read at once (below glibc's largest mmap threshold, so such buffers are reused)
 
 
 @dataclass
@@ -141,6 +152,9 @@ class LoraFile:
     skipped: list[str] = field(default_factory=list)  # text-encoder keys (the loader changes the diffusion model)
     unsupported: Counter = field(default_factory=Counter)  # LoRA kinds recognised but not read (DoRA, LoKr, ...)
     dtypes: list[str] = field(default_factory=list)
+    # the tensors are this read's own (read from the file into new memory: not the caller's, not a memory map): the
+    # first unmerged application may keep them without a copy (it then clears this, so a second user copies)
+    owned: bool = False
 
     @property
     def layouts(self) -> list[str]:
@@ -160,61 +174,196 @@ class LoraFile:
 
 def read_lora(source: str | Path | Mapping[str, torch.Tensor]) -> LoraFile:
     """Read a LoRA safetensors file (or a state dict, left untouched) into deltas keyed by module as written."""
+    owned = False
     if isinstance(source, Mapping):
         name, tensors, metadata = "state dict", dict(source), {}
     else:
-        wf = WeightFile(source)
-        name, tensors, metadata = wf.path.name, wf.state_dict(), wf.metadata
+        wf, tensors, owned = read_file(source)
+        name, metadata = wf.path.name, wf.metadata
     keys = list(tensors)
-    bare_order = ("diffusers", "original") if any(h in "." + k for k in keys for h in _DIFFUSERS_HINTS) \
-        else ("original", "diffusers")
-    lora = LoraFile(name, keys, {})
+    joined = "." + "\n.".join(keys)  # every key after a ".", one a line (no hint holds a line break)
+    bare_order = ("diffusers", "original") if any(h in joined for h in _DIFFUSERS_HINTS) else ("original", "diffusers")
+    lora = LoraFile(name, keys, {}, owned=owned)
+    deltas = lora.deltas
     dtypes = Counter()
     for key, tensor in tensors.items():
-        if key.startswith(TEXT_ENCODER_PREFIXES):
-            lora.skipped.append(key)
+        module, part = _classify(key)
+        if module is None:
+            if part == "skipped":
+                lora.skipped.append(key)
+            elif part == "ignored":
+                lora.ignored.append(key)
+            else:
+                lora.unsupported[part] += 1
             continue
-        kind = next((k for suffix, k in _UNSUPPORTED.items() if key.endswith(suffix)), None)
-        if kind is not None:
-            lora.unsupported[kind] += 1
-            continue
-        split = _split(key)
-        if split is None:
-            lora.ignored.append(key)
-            continue
-        module, part = split
-        delta = lora.deltas.get(module)
+        delta = deltas.get(module)
         if delta is None:
-            delta = lora.deltas[module] = _new_delta(module, bare_order)
+            delta = deltas[module] = _new_delta(module, bare_order)
         delta.keys.append(key)
         if part == "alpha":
-            delta.alpha = float(tensor.float().reshape(-1)[0])
+            delta.alpha = _scalar(tensor)
         elif part == "lora_bias":  # PEFT lora_bias: lora_B's bias, scaled like the pair (below)
             delta.diff_b, delta.bias_scaled = tensor, True
             dtypes[tensor.dtype] += tensor.numel()
         else:
             setattr(delta, part, tensor)
             dtypes[tensor.dtype] += tensor.numel()
-    for module, delta in list(lora.deltas.items()):  # an alpha alone belongs to tensors left aside
-        if all(t is None for t in (delta.down, delta.up, delta.diff, delta.diff_b)):
-            del lora.deltas[module]
+    for module, delta in list(deltas.items()):  # an alpha alone belongs to tensors left aside
+        if delta.down is None and delta.up is None and delta.diff is None and delta.diff_b is None:
+            del deltas[module]
             if not lora.unsupported:
                 lora.ignored += delta.keys
     lora.dtypes = [_DTYPES.get(d, str(d).replace("torch.", "")) for d, _ in dtypes.most_common()]
     _peft_alphas(lora, metadata)
-    for delta in lora.deltas.values():
+    for delta in deltas.values():
         if delta.bias_scaled and delta.scale != 1.0:
             delta.diff_b = delta.diff_b.float() * delta.scale  # a new tensor
     return lora
+
+
+@dataclass
+class _Layout:
+    """A checked single-file, unquantised LoRA and where its tensors lie: runs of tensors that follow each other in
+    the file (at most `_SLAB` bytes each, or one larger tensor) to read at once."""
+
+    wf: WeightFile
+    head: bytes  # the file's first bytes: header length and header (keys, dtypes, shapes, offsets, metadata)
+    size: int  # of the file
+    slabs: list[tuple[int, int, list[tuple]]]  # (file offset, bytes, [(key, dtype, shape, strides, offset)])
+    keys: list[str]  # safetensors' key order (sorted)
+
+
+def _layout(wf: WeightFile) -> _Layout:
+    path = wf.shards[0]
+    with open(path, "rb", buffering=0) as f:
+        head = f.read(8)
+        (n,) = struct.unpack("<Q", head)
+        head += f.read(n)
+        size = os.fstat(f.fileno()).st_size
+    header = json.loads(head[8:])
+    header.pop("__metadata__", None)
+    entries = sorted((e["data_offsets"][0], e["data_offsets"][1], key) for key, e in header.items())
+    slabs, i = [], 0
+    while i < len(entries):
+        start, end, j = entries[i][0], entries[i][1], i + 1
+        while j < len(entries) and entries[j][1] - start <= _SLAB:
+            end, j = max(end, entries[j][1]), j + 1
+        items = []
+        for begin, _, key in entries[i:j]:
+            info = wf.infos[key]
+            items.append((key, info.dtype, info.shape, _strides(info.shape), begin - start))
+        slabs.append((8 + n + start, end - start, items))
+        i = j
+    return _Layout(wf, head, size, slabs, sorted(header))
+
+
+def read_file(source: str | Path) -> tuple[WeightFile, dict[str, torch.Tensor], bool]:
+    """A LoRA file's checked `WeightFile` and tensors, and whether the tensors are the reader's own (read into new
+    memory, see `read_owned`). The checks and layout of a single file are remembered and reused while its header
+    and size stay the same (read and compared on each call), so trying LoRAs back and forth reads only their
+    tensors (and header)."""
+    path = Path(source)
+    known = _FILES.get(str(path))
+    if known is not None:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if os.fstat(f.fileno()).st_size == known.size and f.read(len(known.head)) == known.head:
+                    return known.wf, read_owned(known, f), True
+        except OSError:
+            pass
+        _FILES.pop(str(path), None)
+    wf = WeightFile(path)  # checks: no pickle, complete file, known dtypes and layouts
+    if len(wf.shards) != 1 or wf.fp8_scaled:
+        return wf, wf.state_dict(), False
+    layout = _layout(wf)
+    with open(wf.shards[0], "rb", buffering=0) as f:
+        tensors = read_owned(layout, f)
+    if len(_FILES) >= 64:
+        _FILES.pop(next(iter(_FILES), None), None)
+    _FILES[str(path)] = layout
+    return wf, tensors, True
+
+
+_FILES: dict[str, _Layout] = {}
+
+
+def read_owned(layout: _Layout, f) -> dict[str, torch.Tensor]:
+    """Every tensor of the file `f`, in safetensors' key order, read straight from the file into new memory (one
+    copy; no memory map): each run of tensors with one read into one new buffer, the tensors views of it (few reads
+    and allocations, and buffers of a size the allocator reuses when one LoRA replaces another)."""
+    out = {}
+    for position, size, items in layout.slabs:
+        slab = torch.empty((size + 7) // 8 * 8, dtype=torch.uint8)  # whole 8-byte words: typed views
+        view, done = memoryview(slab.numpy())[:size], 0
+        f.seek(position)
+        while done < size:
+            got = f.readinto(view[done:])
+            if not got:
+                raise ModelFileError(f"'{layout.wf.path.name}' changed while it was read.", "Load it again.")
+            done += got
+        typed = {}
+        for key, dtype, shape, strides, offset in items:
+            itemsize = dtype.itemsize
+            if offset % itemsize:  # not aligned for a view: a copy of its own
+                out[key] = slab[offset:offset + itemsize * math.prod(shape)].clone().view(dtype).view(shape)
+                continue
+            whole = typed.get(dtype)
+            if whole is None:
+                whole = typed[dtype] = slab.view(dtype)
+            out[key] = whole.as_strided(shape, strides, offset // itemsize)
+    return {key: out[key] for key in layout.keys}
+
+
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A contiguous tensor's strides (remembered per shape: a LoRA repeats a few shapes many times)."""
+    strides = _STRIDES.get(shape)
+    if strides is None:
+        step, out = 1, []
+        for size in reversed(shape):
+            out.append(step)
+            step *= max(size, 1)
+        strides = tuple(reversed(out))
+        if len(_STRIDES) < 4096:
+            _STRIDES[shape] = strides
+    return strides
+
+
+_STRIDES: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _scalar(t: torch.Tensor) -> float:
+    if t.numel() == 1 and t.dtype in _ITEM_DTYPES:
+        return float(t.item())
+    return float(t.float().reshape(-1)[0])
+
+
+def _classify(key: str) -> tuple[str | None, str]:
+    """(module as written, kind of tensor), or (None, "skipped" / "ignored" / the refused LoRA kind); remembered
+    per key (LoRA files repeat the same keys)."""
+    found = _KINDS.get(key)
+    if found is None:
+        if key.startswith(TEXT_ENCODER_PREFIXES):
+            found = (None, "skipped")
+        elif key.endswith(_UNSUPPORTED_ENDS):
+            found = (None, next(k for suffix, k in _UNSUPPORTED.items() if key.endswith(suffix)))
+        else:
+            found = _split(key) or (None, "ignored")
+        if len(_KINDS) < 1 << 16:
+            _KINDS[key] = found
+    return found
+
+
+_KINDS: dict[str, tuple[str | None, str]] = {}
 
 
 def _split(key: str) -> tuple[str, str] | None:
     """(module as written, kind of tensor) for a LoRA key; None for keys this loader does not understand."""
     if key.endswith(".diff_m"):  # lightx2v: delta of a block's modulation table
         return key[: -len(".diff_m")] + ".modulation", "diff"
-    for suffix, kind in _SUFFIXES:
-        if key.endswith(suffix):
-            return key[: -len(suffix)], kind
+    if key.endswith(_SUFFIX_ENDS):
+        for suffix, kind in _SUFFIXES:
+            if key.endswith(suffix):
+                return key[: -len(suffix)], kind
     m = _PEFT_NAMED.match(key)
     if m:
         return m.group(1), "down" if m.group(2) == "A" else "up"

@@ -30,21 +30,32 @@ class LoraLayer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.strengths: dict[int, float] = {}  # slot -> strength
-        self.scales: dict[int, float] = {}  # slot -> alpha / rank
-        self.next_slot = 0
+        d = self.__dict__  # plain attributes (nn.Module.__setattr__'s checks are moot for them)
+        d["strengths"] = {}  # slot -> strength
+        d["scales"] = {}  # slot -> alpha / rank
+        d["next_slot"] = 0
 
-    def add(self, piece: Piece, strength: float, linear: nn.Linear) -> int:
-        slot, self.next_slot = self.next_slot, self.next_slot + 1
-        device, dtype = linear.weight.device, _compute_dtype(linear)
-        out_features, in_features = linear.weight.shape
-        tensors = {"down": None if piece.down is None else piece.down.flatten(1),
-                   "up": None if piece.up is None else piece.up.reshape(out_features, -1),
-                   "diff": None if piece.diff is None else piece.diff.reshape(out_features, in_features),
-                   "diff_b": None if piece.diff_b is None else piece.diff_b.reshape(out_features)}
-        for kind, t in tensors.items():
-            if t is not None:  # own copies: never the file's or the caller's storage
-                self.register_buffer(f"a{slot}_{kind}", t.to(device, dtype, copy=True), persistent=False)
+    def add(self, piece: Piece, strength: float, linear: nn.Linear, keep: bool = False) -> int:
+        """Hold `piece` at `strength` in the Linear's compute dtype and device. The tensors are copied unless `keep`
+        says they are this LoRA's own (read from its file into new memory): then one with the right dtype and
+        device is kept as it is. Never the file's memory map or the caller's storage."""
+        slot = self.next_slot
+        self.__dict__["next_slot"] = slot + 1
+        weight = _param(linear, "weight")
+        device, dtype = weight.device, _compute_dtype(linear)
+        out_features, in_features = weight.shape
+        buffers, private = self._buffers, self._non_persistent_buffers_set
+        for kind, t, shape in (("down", piece.down, None), ("up", piece.up, (out_features, -1)),
+                               ("diff", piece.diff, (out_features, in_features)),
+                               ("diff_b", piece.diff_b, (out_features,))):
+            if t is None:
+                continue
+            t = (t.flatten(1) if shape is None else t.reshape(shape)).to(device, dtype, copy=not keep)
+            if keep and not t.is_contiguous():  # e.g. a fused tensor's share of columns: dense, as a copy is
+                t = t.contiguous()
+            name = f"a{slot}_{kind}"  # a non-persistent buffer (register_buffer's checks are moot for these names)
+            buffers[name] = t
+            private.add(name)
         self.scales[slot], self.strengths[slot] = piece.scale, strength
         return slot
 
@@ -53,7 +64,9 @@ class LoraLayer(nn.Module):
 
     def remove(self, slot: int) -> None:
         for kind in ("down", "up", "diff", "diff_b"):
-            self._buffers.pop(f"a{slot}_{kind}", None)
+            name = f"a{slot}_{kind}"
+            self._buffers.pop(name, None)
+            self._non_persistent_buffers_set.discard(name)
         self.strengths.pop(slot, None)
         self.scales.pop(slot, None)
 
@@ -83,9 +96,15 @@ def lora_hook(linear: nn.Module, args, output):
     return output if layer is None else layer.add_to(args[0], output)
 
 
+def _param(module: nn.Module, name: str) -> torch.Tensor | None:
+    """module.<name> without nn.Module's attribute lookup when it is a parameter (the usual case)."""
+    found = module._parameters.get(name)
+    return found if found is not None else getattr(module, name, None)
+
+
 def _compute_dtype(linear: nn.Linear) -> torch.dtype:
     """The dtype the Linear computes in: its weight's, or for fp8 storage its bias's (the load dtype), else bf16."""
-    for t in (linear.weight, linear.bias):
+    for t in (_param(linear, "weight"), _param(linear, "bias")):
         if t is not None and t.dtype.is_floating_point and t.dtype not in FP8:
             return t.dtype
     return torch.bfloat16

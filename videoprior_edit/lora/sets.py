@@ -8,7 +8,8 @@ an expert, and the expert then computes what the running set lists:
 - merged LoRAs added since are merged; when one was removed or its strength changed, the expert is first read again
   from its file (`placement.reload_weights`, which also drops every unmerged LoRA; they are then re-applied from
   their LoRA files);
-- unmerged LoRAs are added, re-scaled or removed in place: no base weights are read (a new one reads its LoRA file).
+- unmerged LoRAs are added, re-scaled or removed in place: no base weights are read (a new one reads its LoRA file;
+  a new strength of one the experts hold reads nothing, in `with_lora` / `add_lora` either).
 
 Unmerged LoRAs that someone applied to an expert directly (`apply_lora(..., merge=False)`) are left alone.
 """
@@ -26,6 +27,7 @@ from torch import nn
 from ..errors import InputError, ModelFileError
 from .apply import (
     LoraReport,
+    Plan,
     adapters_of,
     apply_read,
     plan,
@@ -48,12 +50,14 @@ def add_lora(models, path: str | Path, strength: float = 1.0, expert: str = "bot
     """Add a LoRA to the experts of a `WanModels` set ("high": the high-noise expert or the single model, "low":
     the low-noise expert, "both"): checked against each expert first (a LoRA for another model is refused before
     anything changes), recorded in `models.loras`, applied to the experts that are loaded (parked ones get it when
-    they are reloaded). `merge=False` keeps it unmerged: a later strength change or removal reads no base weights.
+    they are reloaded). `merge=False` keeps it unmerged: a later strength change or removal reads no base weights
+    (and no LoRA file when every target expert already holds this file unmerged: it was checked when it was added).
     Logs one line."""
     targets = _experts(models, expert)
     with _reading_once():
-        lora = _read(path)
-        reports = [plan(module, lora, label).report for label, module in targets]
+        reports = None if merge else _held(targets, path)
+        if reports is None:  # checked against each expert (the plans are used again by sync_loras below)
+            reports = [replace(_plan(module, path, label).report) for label, module in targets]
         for report in reports:
             report.strength, report.merged = strength, merge
         # merged entries keep the 3-tuple form older code reads; unmerged ones carry merge=False
@@ -61,6 +65,19 @@ def add_lora(models, path: str | Path, strength: float = 1.0, expert: str = "bot
         for slot in SLOTS:
             sync_loras(models, slot)
     log.info(summarize(reports))
+    return reports
+
+
+def _held(targets: list[tuple[str, nn.Module]], path: str | Path) -> list[LoraReport] | None:
+    """The reports of an unmerged LoRA that every target expert already holds from `path` (it was read and checked
+    against each when it was applied, and a new strength only changes a number there: nothing is read again), or
+    None."""
+    reports = []
+    for label, module in targets:
+        adapter = adapters_of(module).get(_MANAGED + str(path))
+        if adapter is None or adapter.report is None or adapter.report.target != label:
+            return None
+        reports.append(replace(adapter.report, adapter=None))
     return reports
 
 
@@ -91,13 +108,16 @@ def sync_loras(models, slot: str) -> None:
     """Make `slot`'s expert hold exactly the LoRAs the set lists for it (no-op when it already does or when the
     expert is parked on disk)."""
     module = getattr(models, slot, None)
-    if module is None or any(p.is_meta for p in module.parameters()):
+    if module is None:
         return
     merged, applied = wanted_loras(models, slot), getattr(module, "vpe_loras", ())
     unmerged = {}
     for path, strength in wanted_loras(models, slot, merged=False):
         unmerged[path] = unmerged.get(path, 0.0) + strength
     if merged == applied and unmerged == _managed(module):
+        return
+    first = next(module.parameters(), None)
+    if first is not None and first.is_meta:  # parked: it gets its LoRAs when it is loaded again
         return
     offloaded = getattr(module, "_vpe_group_offload", None) is not None
     target = _label(models, slot)
@@ -107,8 +127,9 @@ def sync_loras(models, slot: str) -> None:
 
             module = reload_weights(models, slot)  # also drops the unmerged LoRAs
             applied = ()
+            _forget_plans(module)  # made for the parameters it had
         for path, strength in merged[len(applied):]:
-            report = apply_read(module, _read(path), strength, True, path, target)
+            report = apply_read(module, _read(path), strength, True, path, target, planned=_plan(module, path, target))
             log.debug(report.summary())
         module.vpe_loras = merged
         current = _managed(module)
@@ -116,7 +137,8 @@ def sync_loras(models, slot: str) -> None:
             remove_lora(module, _MANAGED + path)
         for path, strength in unmerged.items():
             if path not in current:
-                report = apply_read(module, _read(path), strength, False, _MANAGED + path, target, managed=True)
+                report = apply_read(module, _read(path), strength, False, _MANAGED + path, target, managed=True,
+                                    planned=_plan(module, path, target))
                 log.debug(report.summary())
             elif current[path] != strength:
                 set_lora_strength(module, _MANAGED + path, strength)
@@ -148,7 +170,8 @@ def _experts(models, expert: str) -> list[tuple[str, nn.Module]]:
 
 @contextlib.contextmanager
 def _reading_once():
-    """Within this block each LoRA file is read once (one add_lora applies it to two experts)."""
+    """Within this block each LoRA file is read once (one add_lora applies it to two experts), and matched once
+    against each expert (add_lora checks it, the sync_loras within applies it)."""
     if _read_cache.get() is not None:
         yield
         return
@@ -167,3 +190,23 @@ def _read(path: str | Path) -> LoraFile:
     if key not in cache:
         cache[key] = read_lora(path)
     return cache[key]
+
+
+def _plan(module: nn.Module, path: str | Path, target: str) -> Plan:
+    """`plan` of the LoRA at `path` for `module`, made once within a `_reading_once` block."""
+    lora = _read(path)
+    cache = _read_cache.get()
+    if cache is None:
+        return plan(module, lora, target)
+    key = ("plan", str(path), id(module), target)
+    found = cache.get(key)
+    if found is None or found[0] is not lora or found[1] is not module:
+        found = cache[key] = (lora, module, plan(module, lora, target))
+    return found[2]
+
+
+def _forget_plans(module: nn.Module) -> None:
+    cache = _read_cache.get()
+    if cache:
+        for key in [k for k, v in cache.items() if isinstance(k, tuple) and v[1] is module]:
+            del cache[key]

@@ -53,10 +53,25 @@ class Piece:
 
 
 class ModelNames:
-    """The names a LoRA may use for the parameters of `model` (diffusers names; Wan / BFL original names)."""
+    """The names a LoRA may use for the parameters of `model` (diffusers names; Wan / BFL original names).
 
-    def __init__(self, model: nn.Module):
-        self.shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    `ModelNames.of(params)` gives the tables of a model from its `named_parameters()` dict, built once per model
+    structure (names and shapes) and then reused: they hold only names and shapes."""
+
+    @classmethod
+    def of(cls, params: dict[str, torch.Tensor]) -> ModelNames:
+        signature = tuple((k, p.shape) for k, p in params.items())
+        names = _NAMES.get(signature)
+        if names is None:
+            names = cls(params)
+            if len(_NAMES) >= 8:
+                _NAMES.pop(next(iter(_NAMES), None), None)
+            _NAMES[signature] = names
+        return names
+
+    def __init__(self, model: nn.Module | dict[str, torch.Tensor]):
+        params = model if isinstance(model, dict) else dict(model.named_parameters())
+        self.shapes = {k: tuple(p.shape) for k, p in params.items()}
         self.family = model_family(self.shapes)
         self.tables: dict[tuple[str, str], dict[str, list[Part]]] = {
             (ns, style): {} for ns in ("original", "diffusers") for style in ("dot", "underscore")}
@@ -80,6 +95,10 @@ class ModelNames:
                     self._add("original", _module_of(original), part)
                     if original.endswith(".scale"):  # norm scales: also the norm's own name
                         self._add("original", original, part)
+        for table in self.tables.values():  # fused names: parts in order, once (resolve reads them as they are)
+            for name, parts in table.items():
+                if len(parts) > 1:
+                    table[name] = sorted(parts, key=lambda p: p.index)
 
     def _add(self, namespace: str, name: str, part: Part) -> None:
         for style, alias in (("dot", name), ("underscore", name.replace(".", "_"))):
@@ -92,7 +111,6 @@ class ModelNames:
         for namespace in delta.namespaces:
             parts = self.tables[namespace, delta.style].get(delta.name)
             if parts:
-                parts = sorted(parts, key=lambda p: p.index)
                 return parts if len(parts) == parts[0].count else None
         return None
 
@@ -122,6 +140,9 @@ class ModelNames:
                 return None
             pieces.append(piece)
         return pieces
+
+
+_NAMES: dict[tuple, ModelNames] = {}  # by model structure: ((parameter name, shape), ...)
 
 
 def _module_of(key: str) -> str:
