@@ -91,7 +91,7 @@ def _one_step(models, source_timestep="same", positions="same"):
 @pytest.mark.parametrize("source_timestep", ["same", "zero"])
 def test_wan_prediction_is_a_direct_call_on_the_concatenated_tokens(t2v, source_timestep):
     noise, source, prompt, t, record = _one_step(t2v, source_timestep)
-    (x, timestep, positions), = record.inputs
+    (x, _timestep, positions), = record.inputs
     assert x.shape == (1, 16, 2 * F, H, W) and positions == list(range(F)) * 2
     model = t2v.transformer
     # RoPE table of positions range(F) * 2: the model's own table for F frames, twice along the sequence.
@@ -192,7 +192,7 @@ def _kontext(flux_set, image, steps, seed, patch_ids=False):
         original = pipe.prepare_latents
 
         def prepare(*a, **k):
-            latents, image_latents, ids, image_ids = original(*a, **k)
+            latents, image_latents, ids, _image_ids = original(*a, **k)
             return latents, image_latents, ids, ids.clone()
 
         pipe.prepare_latents = prepare

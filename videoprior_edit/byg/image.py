@@ -126,7 +126,6 @@ def edit_image(models, image: torch.Tensor, instruction: str, steps: int = DEFAU
     device = torch.device(device) if device is not None else next(transformer.parameters()).device
     dtype = transformer.x_embedder.weight.dtype
     fitted, fit = fit_image(image[:1], size_mode, max_side)
-    height, width = fitted.shape[1:3]
     prompt_embeds, pooled, text_ids = encode_flux_prompt(models, instruction, max_sequence_length, device)
     pixels = fitted[..., :3].permute(0, 3, 1, 2).float() * 2.0 - 1.0
     source = encode_flux_image(vae, pixels).to(device=device, dtype=torch.float32)
