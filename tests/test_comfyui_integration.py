@@ -3,7 +3,9 @@
 Setup (outside this repository): a ComfyUI clone, its requirements and this pack's requirements in the Python
 that runs it (COMFYUI_PYTHON, default: this interpreter). The test links the pack into custom_nodes/ of a
 run inside a temporary --base-directory whose models/ is the tiny zoo (the ComfyUI checkout is not touched),
-starts `main.py --cpu` on a free loopback port, reads /object_info and runs the IF-Edit graph through /prompt.
+starts `main.py --cpu` on a free loopback port, reads /object_info, runs an IF-Edit graph and every shipped workflow's
+API twin through /prompt (real LoadImage / LoadVideo / CreateVideo / SaveVideo; a small clip in input/), and checks the
+saved pictures' sizes and the saved videos' frame counts, sizes and frame rates.
 """
 
 from __future__ import annotations
@@ -90,14 +92,15 @@ def _with_av(code: str, *args: str) -> str:
 
 
 def _source_video(path: Path) -> None:
-    """A small H.264 clip for LoadVideo: 9 frames of 70x50 noise at 16 fps."""
+    """A small H.264 clip for LoadVideo: 10 frames of 70x50 noise at 12 fps (not 4k+1: ByG cuts it to 9 frames,
+    ImVideoEdit pads it for Wan and cuts the result back to 10; not Wan's 16 fps: the editors pass its rate on)."""
     _with_av("""
 import sys, av, numpy as np
 rng = np.random.default_rng(1)
 with av.open(sys.argv[1], "w") as container:
-    stream = container.add_stream("libx264", rate=16)
+    stream = container.add_stream("libx264", rate=12)
     stream.width, stream.height, stream.pix_fmt = 70, 50, "yuv420p"
-    for i in range(9):
+    for i in range(10):
         frame = av.VideoFrame.from_ndarray((rng.random((50, 70, 3)) * 120 + i * 12).astype(np.uint8), format="rgb24")
         container.mux(stream.encode(frame))
     container.mux(stream.encode())
@@ -238,6 +241,10 @@ def _run(url: str, prompt: dict, log: Path, minutes: int = 5) -> dict:
 
 
 WORKFLOWS = sorted(p for p in (REPO / "workflows" / "api").glob("*.json"))
+EDITORS = {"VPE_TailFrameEditor", "VPE_IFEditImageToVideo", "VPE_StillVideoRefiner", "VPE_ByGImageEdit",
+           "VPE_ByGVideoEdit", "VPE_ImVideoEditVideoEdit"}  # the nodes that report on their run (ui.text)
+VIDEO_FRAMES = {"byg_video_edit_wan22_t2v_lora": 9,  # the 10-frame source cut to 4k+1
+                "imvideoedit_spatial_difference_video_edit": 10}  # as many frames as the source
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -257,29 +264,37 @@ def test_shipped_workflow_runs_in_comfyui(server, path):
     files = [img for out in history["outputs"].values() for img in out.get("images", []) + out.get("video", [])
              if img.get("type") == "output"]  # not the nodes' small previews (type "temp")
     assert files, history["outputs"]
+    videos = [img for img in files if img["filename"].endswith((".mp4", ".webm", ".mkv", ".mov"))]
+    assert bool(videos) == (path.stem in VIDEO_FRAMES), files  # the video workflows end in SaveVideo
     for img in files:
         found = base / "output" / img.get("subfolder", "") / img["filename"]
         if found.suffix in (".mp4", ".webm", ".mkv", ".mov"):
-            assert _video_shape(found) == (9, 64, 48)  # the 9-frame 70x50 clip resized to multiples of 16
+            # the 70x50 clip resized to multiples of 16, at the source's 12 fps (the editor's frame-rate output, not
+            # CreateVideo's stored 16)
+            assert _video_shape(found) == (VIDEO_FRAMES[path.stem], 64, 48, 12.0)
             continue
         with Image.open(found) as picture:
             assert picture.size == (64, 48)  # the 70x50 input resized to multiples of 16
-    reports = [out["text"] for node, out in history["outputs"].items()
-               if prompt[node]["class_type"].startswith("VPE_") and out.get("text")]
-    assert reports, "no pack node reported on itself"  # what the web extension shows on the node
+    editors = [node for node, spec in prompt.items() if spec["class_type"] in EDITORS]
+    assert editors, "no editor node in the workflow"
+    for node in editors:  # ui.text: the report the web extension (web/js/node_report.js) shows on the node
+        text = history["outputs"].get(node, {}).get("text")
+        assert text and all(isinstance(t, str) and t for t in text), (prompt[node]["class_type"], history["outputs"])
     previews = [img for out in history["outputs"].values() for img in out.get("images", []) if img["type"] == "temp"]
     assert previews and all((base / "temp" / img["filename"]).is_file() for img in previews)
 
 
-def _video_shape(path: Path) -> tuple[int, int, int]:
-    """(frames, width, height) of a saved video."""
+def _video_shape(path: Path) -> tuple[int, int, int, float]:
+    """(frames, width, height, frames per second) of a saved video."""
     out = _with_av("""
 import sys, av
 with av.open(sys.argv[1]) as container:
+    rate = container.streams.video[0].average_rate
     frames = list(container.decode(video=0))
-print(len(frames), frames[0].width, frames[0].height)
+print(len(frames), frames[0].width, frames[0].height, float(rate))
 """, str(path))
-    return tuple(int(v) for v in out.split())
+    frames, width, height, rate = out.split()
+    return int(frames), int(width), int(height), float(rate)
 
 
 def test_comfyui_serves_the_node_report_extension(server):

@@ -54,7 +54,13 @@ def test_every_shipped_workflow_is_valid(path, schemas):
     used = {v for n in ui["nodes"] for v in n.get("widgets_values", []) if str(v).endswith(".safetensors")}
     note = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note")
     assert used and all(name in note for name in used)  # the note names every model it needs
-    assert "GB" in note and "one_expert" in note  # and the memory per placement
+    assert "GB" in note and "estimate" in note  # and the memory it needs, said to be estimated
+    for node in ui["nodes"]:  # ... with each memory setting its loaders offer
+        inputs = schemas.get(node["type"], {}).get("input", {})
+        spec = {**inputs.get("required", {}), **inputs.get("optional", {})}
+        for setting in ("placement", "weight_storage"):
+            options = spec.get(setting, [[]])[0]
+            assert all(o in note for o in options if o != "default"), (node["type"], setting)
     assert (path.parent / f"{path.stem}.jpg").is_file()
     assert json.loads((path.parent / "api" / path.name).read_text()) == ui_to_api(ui, schemas)
     assert all(n["type"].startswith("VPE_") or n["type"] in schemas or n["type"] == "Note" for n in ui["nodes"])
@@ -88,3 +94,32 @@ def test_converter_and_checks_on_a_small_graph(schemas):
     assert loader["widgets_values"][0] == "missing.safetensors"
     ui["nodes"].append({"id": 99, "type": "NoSuchNode", "inputs": [], "outputs": []})
     assert "unknown node type NoSuchNode" in " ".join(check_workflow(ui, schemas, set()))
+
+
+def test_checks_on_a_video_graph(schemas):
+    """LoadVideo's VIDEO into an editor, its frames and frame rate (FLOAT into CreateVideo's fps widget) out."""
+    g = Graph(schemas)
+    video = g.node("LoadVideo", (0, 0), file="clip.mp4")
+    loader = g.node("VPE_WanModelLoader", (0, 400), model="wan2.1_t2v_1.3B_fp16.safetensors")
+    editor = g.node("VPE_ByGVideoEdit", (400, 0), instruction="make it snow")
+    make = g.node("CreateVideo", (800, 0), fps=24.0)
+    save = g.node("SaveVideo", (1200, 0), filename_prefix="x")
+    for src, out, dst, name in ((loader, "wan_models", editor, "wan_models"), (video, "VIDEO", editor, "video"),
+                                (editor, "frames", make, "images"), (editor, "frame_rate", make, "fps"),
+                                (make, "VIDEO", save, "video")):
+        g.link(src, out, dst, name)
+    ui = g.to_ui()
+    assert check_workflow(ui, schemas, {"wan2.1_t2v_1.3B_fp16.safetensors"}) == []
+    api = ui_to_api(ui, schemas)
+    assert api["1"] == {"class_type": "LoadVideo", "inputs": {"file": "clip.mp4"}}  # not the upload button
+    assert api["3"]["inputs"]["video"] == ["1", 0] and "frames" not in api["3"]["inputs"]
+    assert api["4"]["inputs"]["fps"] == ["3", 1]  # the link replaces the widget's stored 24.0
+    assert api["5"]["inputs"] == {"filename_prefix": "x", "format": "auto", "codec": "auto", "video": ["4", 0]}
+    wrong = g.node("SaveImage", (1200, 400), filename_prefix="y")
+    parts = g.node("GetVideoComponents", (800, 400))
+    g.link(video, "VIDEO", wrong, "images")  # a VIDEO is not an IMAGE batch
+    g.link(parts, "fps", g.node("CreateVideo", (1200, 800)), "images")
+    problems = " | ".join(check_workflow(g.to_ui(), schemas, {"wan2.1_t2v_1.3B_fp16.safetensors"}))
+    assert "LoadVideo gives VIDEO, SaveImage.images takes IMAGE" in problems
+    assert "GetVideoComponents gives FLOAT, CreateVideo.images takes IMAGE" in problems
+    assert "GetVideoComponents): required input video is not connected" in problems

@@ -12,6 +12,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from videoprior_edit.if_edit import WAN_NEGATIVE
 from videoprior_edit.workflow import Graph, schemas_of, ui_to_api
 
 
@@ -31,18 +32,28 @@ def schemas() -> dict:
     return {**core, **schemas_of(pack_nodes())}
 
 
+def note_size(text: str) -> tuple[int, int]:
+    """A note box that shows its whole text in the frontend's default font (no scrolling)."""
+    lines = text.splitlines()
+    return 7 * max(len(line) for line in lines) + 40, 16 * len(lines) + 60
+
+
 CHRONOEDIT_NOTE = """Video4Edit / ChronoEdit tail-frame edit
 
 The edit is the last frame of a 5-frame clip that starts at your image.
 
 Models (videoprior-edit models download chronoedit --models ComfyUI/models):
-- diffusion_models/chrono_edit_14B_fp16.safetensors
-- loras/chronoedit_distill_lora.safetensors (8 steps, CFG 1, shift 2)
-- text_encoders/umt5_xxl_fp16.safetensors, vae/wan_2.1_vae.safetensors
-- clip_vision/clip_vision_h.safetensors
+- diffusion_models/chrono_edit_14B_fp16.safetensors (32.8 GB)
+- loras/chronoedit_distill_lora.safetensors (8 steps, CFG 1, shift 2; merged: no extra memory)
+- text_encoders/umt5_xxl_fp16.safetensors (11.4 GB), vae/wan_2.1_vae.safetensors
+- clip_vision/clip_vision_h.safetensors (1.3 GB)
 
-GPU memory (weights, bf16): all_on_device ~48 GB; one_expert (default: the text encoder, then the
-model) ~33 GB; with weight_storage fp8_e4m3fn ~17 GB; block_offload < 4 GB (slow).
+GPU memory per placement (estimates from the weight sizes in bf16, not measured; activations on top):
+- all_on_device: ~46 GB (everything stays on the GPU between runs)
+- one_expert (default): ~33 GB (one big model at a time: UMT5-XXL, CLIP, then ChronoEdit)
+- one_expert_disk: ~33 GB as one_expert; what waits is dropped from RAM and re-read from its file
+- weight_storage fp8_e4m3fn: ~17 GB with one_expert
+- block_offload: ~12 GB while UMT5-XXL encodes the prompt, < 2 GB while sampling (slow)
 
 Tweak: without the distill LoRA use 50 steps, CFG 5, shift 5 (ChronoEdit's defaults). Write the
 instruction plainly ("add a small hat on the cat"). max_side 1280 = 720p."""
@@ -64,7 +75,7 @@ def chronoedit(g: Graph) -> None:
     g.link(loader, "wan_models", lora, "wan_models")
     g.link(lora, "wan_models", editor, "wan_models")
     g.link(editor, "edited", save, "images")
-    g.note(CHRONOEDIT_NOTE, (460, 640), (560, 380))
+    g.note(CHRONOEDIT_NOTE, (460, 640), note_size(CHRONOEDIT_NOTE))
 
 
 IF_EDIT_NOTE = """IF-Edit image edit ({what})
@@ -74,15 +85,20 @@ Wan2.2-I2V-A14B with the Lightning LoRAs (8 steps, CFG 1) and Temporal Latent Dr
 the last latent's frames -> the sharpest -> a still clip of it (Still-Video Refiner) -> its sharpest frame.
 
 Models (videoprior-edit models download if-edit --models ComfyUI/models):
-- diffusion_models/wan2.2_i2v_high_noise_14B_fp16.safetensors
-- diffusion_models/wan2.2_i2v_low_noise_14B_fp16.safetensors (or the _fp8_scaled pair)
-- loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors
+- diffusion_models/wan2.2_i2v_high_noise_14B_fp16.safetensors (28.6 GB)
+- diffusion_models/wan2.2_i2v_low_noise_14B_fp16.safetensors (28.6 GB; or the _fp8_scaled pair: half
+  the download, the memory saving needs weight_storage fp8_e4m3fn)
+- loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors (merged: no extra memory)
 - loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors
-- text_encoders/umt5_xxl_fp16.safetensors, vae/wan_2.1_vae.safetensors
+- text_encoders/umt5_xxl_fp16.safetensors (11.4 GB), vae/wan_2.1_vae.safetensors
 {vlm}
-GPU memory (weights, bf16): all_on_device ~70 GB; one_expert (default: one expert or the text encoder at
-a time) ~29 GB; with weight_storage fp8_e4m3fn ~15 GB (24 GB cards); block_offload < 4 GB (slow).
-Activations at 480p x 33 frames come on top.
+GPU memory per placement (estimates from the weight sizes in bf16, not measured; activations at 480p x
+33 frames on top):
+- all_on_device: ~70 GB (both experts, UMT5-XXL and the VAE stay on the GPU)
+- one_expert (default): ~29 GB (one big model at a time: UMT5-XXL, then each expert)
+- one_expert_disk: ~29 GB as one_expert; what waits is dropped from RAM and re-read from its file
+- weight_storage fp8_e4m3fn: ~15 GB with one_expert (24 GB cards), ~41 GB with all_on_device
+- block_offload: ~12 GB while UMT5-XXL encodes the prompt, < 2 GB while sampling (slow)
 
 Tweak: tld_k 1 turns TLD off (slower, same quality per the paper); tld_keep_last keeps the clip's last
 latent; more frames let bigger changes play out; the refiner's mode sdedit is cheaper."""
@@ -91,7 +107,8 @@ VLM_LINES = {"template": "No VLM: the template rewriter writes a simple evolutio
              "openai": "VLM: an OpenAI-compatible server (default Ollama at 127.0.0.1:11434 with qwen3-vl:8b; the paper\n"
                        "used Qwen3-VL-30B-A3B-Instruct). Put an API key in an environment variable and write its\n"
                        "NAME in api_key_env. An unreachable server stops the run with a message naming the URL; backend\n"
-                       "'local' runs a Qwen-VL from models/LLM instead, 'template' needs no VLM."}
+                       "'local' runs a Qwen-VL from models/LLM instead, 'template' needs no VLM. A VLM on the same\n"
+                       "GPU needs its own memory while it answers (start Ollama with OLLAMA_KEEP_ALIVE=0 to free it)."}
 
 
 def if_edit(g: Graph, backend: str) -> None:
@@ -122,27 +139,36 @@ def if_edit(g: Graph, backend: str) -> None:
                                 (refine, "refined_frame", save, "images")):
         g.link(src, out, dst, name)
     what = "no VLM: template rewriter" if backend == "template" else "full chain with a VLM rewriter"
-    g.note(IF_EDIT_NOTE.format(what=what, vlm=VLM_LINES[backend]), (860, 700), (640, 470))
+    text = IF_EDIT_NOTE.format(what=what, vlm=VLM_LINES[backend])
+    g.note(text, (860, 700), note_size(text))
 
 
 BYG_IMAGE_NOTE = """ByG image edit on FLUX.1-dev with an editing LoRA
 
-The source image's tokens sit beside the noisy tokens under the same positions (ByG; 'kontext' offsets
-them); the LoRA teaches FLUX to edit as the instruction says. 20 steps, guidance 3.5 (the paper's).
+The source image's tokens sit beside the noisy tokens under the same positions (ByG; positions 'kontext'
+offsets them as FLUX.1-Kontext does); the LoRA teaches FLUX to edit as the instruction says. The paper's
+inference settings: 20 steps, guidance 3.5; max_side 1024 (FLUX.1-dev's native size).
 
 Models (videoprior-edit models download byg-image --models ComfyUI/models; FLUX.1-dev is gated: accept
 its license on Hugging Face and set HF_TOKEN):
-- diffusion_models/flux1-dev.safetensors
-- text_encoders/clip_l.safetensors, text_encoders/t5xxl_fp16.safetensors (or t5xxl_fp8_e4m3fn)
-- vae/ae.safetensors
+- diffusion_models/flux1-dev.safetensors (23.8 GB)
+- text_encoders/clip_l.safetensors (0.25 GB), text_encoders/t5xxl_fp16.safetensors (9.8 GB; or
+  t5xxl_fp8_e4m3fn: half the download, upcast to bf16 when loaded, so the same memory)
+- vae/ae.safetensors (0.3 GB)
+- tokenizer files in text_encoders/flux_tokenizers/clip_l/ and text_encoders/flux_tokenizers/t5xxl/
+  (the download command fetches them; ComfyUI's files carry none)
 - loras/byg_flux_lora.safetensors: train it with `videoprior-edit train-byg --family flux`, or pick any
   FLUX.1-dev editing LoRA (kohya, BFL or diffusers format; the node says how many keys matched).
 
-GPU memory (weights, bf16; estimates from file sizes): everything resident ~34 GB; the text encoders
-are released after encoding, as with one_expert on Wan (~24 GB); weight_storage fp8_e4m3fn ~13 GB.
-Activations at 1024 px come on top (the source tokens double the sequence).
+GPU memory (estimates from the weight sizes in bf16, not measured; activations on top, and the source
+tokens double the sequence). Load FLUX Models has no placement input (all_on_device / one_expert /
+block_offload are the Wan loader's): the transformer, both text encoders and the VAE stay on the GPU.
+- weight_storage default: ~34 GB (a 40-48 GB card)
+- weight_storage fp8_e4m3fn (the transformer's block weights in 8 bits): ~22 GB (a 24 GB card at
+  max_side 768-1024)
 
-Tweak: LoRA strength 0.6-1.2; guidance 2.5-4; max_side 768 for speed; merge off to try strengths fast."""
+Tweak: LoRA strength 0.6-1.2; guidance 2.5-4; max_side 768 for speed; merge off on the LoRA node to try
+strengths without re-reading the model; positions 'kontext' if the LoRA was trained that way."""
 
 
 def byg_image(g: Graph) -> None:
@@ -158,30 +184,38 @@ def byg_image(g: Graph) -> None:
     for src, out, dst, name in ((loader, "flux_models", lora, "flux_models"), (lora, "flux_models", editor,
                                 "flux_models"), (image, "IMAGE", editor, "image"), (editor, "edited", save, "images")):
         g.link(src, out, dst, name)
-    g.note(BYG_IMAGE_NOTE, (460, 660), (620, 420))
+    g.note(BYG_IMAGE_NOTE, (460, 660), note_size(BYG_IMAGE_NOTE))
 
 
 BYG_VIDEO_NOTE = """ByG video edit on Wan2.2-T2V-A14B with editing LoRAs
 
-The source video's clean latents are concatenated with the noisy ones under the same positions; the
-LoRAs (one per expert) make the T2V model edit as the instruction says. UniPC at Wan's native
-resolution (832x480, 81 frames at 16 fps; fewer frames for a quick try); steps/CFG 0 = Wan2.2's
-defaults (40 steps, CFG 4 / 3, shift 12).
+The source clip's clean latents sit beside the noisy ones under the same positions (tokens concatenated);
+the LoRAs (one per expert) make the text-to-video model edit as the instruction says. Sampling is
+Wan2.2's: UniPC; steps / cfg / cfg_low / shift 0 = the model's defaults (40 steps, CFG 4 on the
+high-noise expert and 3 on the low-noise one, shift 12), Wan's standard negative prompt. The edit keeps
+the clip's size (longer side scaled to max_side 832 = 480p) and length cut to 4k+1 frames; Wan2.2 was
+trained on 81 frames at 16 fps, and Load Video reads every frame: trim long videos first.
 
 Models (videoprior-edit models download byg-video --models ComfyUI/models):
-- diffusion_models/wan2.2_t2v_high_noise_14B_fp16.safetensors
-- diffusion_models/wan2.2_t2v_low_noise_14B_fp16.safetensors (or the _fp8_scaled pair)
-- text_encoders/umt5_xxl_fp16.safetensors, vae/wan_2.1_vae.safetensors
+- diffusion_models/wan2.2_t2v_high_noise_14B_fp16.safetensors (28.6 GB)
+- diffusion_models/wan2.2_t2v_low_noise_14B_fp16.safetensors (28.6 GB; or the _fp8_scaled pair: half
+  the download, the memory saving needs weight_storage fp8_e4m3fn)
+- text_encoders/umt5_xxl_fp16.safetensors (11.4 GB), vae/wan_2.1_vae.safetensors (0.25 GB)
 - loras/byg_lora_high_noise.safetensors, loras/byg_lora_low_noise.safetensors: train them with
-  `videoprior-edit train-byg --expert both`, or pick any Wan2.2-T2V editing LoRA pair.
+  `videoprior-edit train-byg --expert both`, or pick any Wan2.2-T2V editing LoRA pair (merged: no
+  extra memory).
 
-GPU memory (weights, bf16; estimates from file sizes): all_on_device ~70 GB; one_expert (default: one
-expert or the text encoder at a time) ~29 GB; with weight_storage fp8_e4m3fn ~15 GB; block_offload
-< 4 GB (slow). The source tokens double the attention sequence: activations at 480p x 81 frames are
-large, so start with 33 frames.
+GPU memory per placement (estimates from the weight sizes in bf16, not measured; activations on top):
+- all_on_device: ~70 GB (both experts, UMT5-XXL and the VAE stay on the GPU)
+- one_expert (default): ~29 GB (one big model at a time: UMT5-XXL, then each expert)
+- one_expert_disk: ~29 GB as one_expert; what waits is dropped from RAM and re-read from its file
+- weight_storage fp8_e4m3fn: ~15 GB with one_expert (24 GB cards), ~41 GB with all_on_device
+- block_offload: ~12 GB while UMT5-XXL encodes the prompt, < 2 GB while sampling (slow)
+The source tokens double the attention sequence, so activations at 832x480 x 81 frames add many GB:
+start with 33 frames or max_side 640, and turn on vae_tiling if decoding runs out of memory.
 
-Tweak: source_timestep zero gives the source tokens t=0; positions offset moves them after the clip;
-LoRA strengths 0.6-1.2; merge off to try strengths without reloading."""
+Tweak: source_timestep 'zero' (clean source tokens at t=0) or positions 'offset' if the LoRAs were
+trained that way; LoRA strengths 0.6-1.2; merge off to try strengths without reloading."""
 
 
 def byg_video(g: Graph) -> None:
@@ -196,7 +230,8 @@ def byg_video(g: Graph) -> None:
     low = g.node("VPE_WanLoraLoader", (460, 620), "ByG LoRA (low noise)", (340, 130),
                  lora="byg_lora_low_noise.safetensors", strength=1.0, expert="low")
     editor = g.node("VPE_ByGVideoEdit", (860, 80), "ByG video edit", (380, 520),
-                    instruction="turn the scene into a snowy winter day", scheduler="unipc", seed=42)
+                    instruction="turn the scene into a snowy winter day", negative_prompt=WAN_NEGATIVE,
+                    scheduler="unipc", seed=42)
     make = g.node("CreateVideo", (1280, 80), "Edited clip", (300, 120), fps=16.0)
     save = g.node("SaveVideo", (1620, 80), "Save video", (380, 380), filename_prefix="videoprior/byg_video")
     for src, out, dst, name in ((loader, "wan_models", high, "wan_models"), (high, "wan_models", low, "wan_models"),
@@ -204,25 +239,34 @@ def byg_video(g: Graph) -> None:
                                 (editor, "frames", make, "images"), (editor, "frame_rate", make, "fps"),
                                 (make, "VIDEO", save, "video")):
         g.link(src, out, dst, name)
-    g.note(BYG_VIDEO_NOTE, (860, 660), (660, 470))
+    g.note(BYG_VIDEO_NOTE, (860, 660), note_size(BYG_VIDEO_NOTE))
 
 
 IMVIDEOEDIT_NOTE = """ImVideoEdit spatial-difference video edit on Wan2.1-T2V-1.3B
 
-A trained adapter (Predict-Update attention blocks + a text gate) on the frozen T2V model edits the
-source video frame by frame in space while the model keeps the motion. 50 UniPC steps, CFG 5, shift 3.
+A trained adapter (Predict-Update spatial-difference attention blocks + a text gate) on the frozen T2V
+model edits each frame's content while the model keeps the motion. Wan2.1-T2V's sampling: 50 UniPC
+steps, CFG 5, shift 3 (480p), Wan's standard negative prompt. The output has the source's frame count
+and frame rate; the longer side is scaled to max_side 832 (480p). Load Video reads every frame: trim
+long videos first (Wan2.1 was trained on 81 frames at 16 fps).
 
 Models (videoprior-edit models download imvideoedit --models ComfyUI/models):
-- diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors
-- text_encoders/umt5_xxl_fp16.safetensors, vae/wan_2.1_vae.safetensors
-- loras/imvideoedit_adapter.safetensors: train it from image pairs with
+- diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors (2.8 GB)
+- text_encoders/umt5_xxl_fp16.safetensors (11.4 GB), vae/wan_2.1_vae.safetensors (0.25 GB)
+- loras/imvideoedit_adapter.safetensors (~2.1 GB in bf16 for 1.3B): train it from image pairs with
   `videoprior-edit train-imvideoedit` (no adapter is published).
 
-GPU memory (weights, bf16; estimates from file sizes): all_on_device ~15 GB; one_expert (default: the
-text encoder, then the model) ~4 GB; block_offload < 2 GB. Activations at 480p x 81 frames on top.
+GPU memory per placement (estimates from the weight sizes in bf16, not measured; activations on top,
+for two chunks, source and target):
+- all_on_device: ~17 GB (the model, the adapter, UMT5-XXL and the VAE stay on the GPU)
+- one_expert (default): ~14 GB while UMT5-XXL encodes the prompt, ~6 GB while sampling (the model
+  and the adapter)
+- one_expert_disk: as one_expert; what waits is dropped from RAM and re-read from its file
+- block_offload: ~14 GB while UMT5-XXL encodes, ~3 GB while sampling (the adapter stays on the GPU)
+- weight_storage fp8_e4m3fn saves ~1.4 GB of the model's weights (the adapter stays bf16)
 
-Tweak: strength < 1 starts from the noised source (closer to it); fewer frames for a quick try; the
-prompt describes the edited video, not the change."""
+Tweak: strength < 1 starts from the noised source (closer to it, fewer steps run); fewer frames for a
+quick try; write the prompt as the edited video ("a red car on a snowy road"), not as an instruction."""
 
 
 def imvideoedit(g: Graph) -> None:
@@ -242,7 +286,7 @@ def imvideoedit(g: Graph) -> None:
                                 (editor, "frames", make, "images"), (editor, "fps", make, "fps"),
                                 (make, "VIDEO", save, "video")):
         g.link(src, out, dst, name)
-    g.note(IMVIDEOEDIT_NOTE, (460, 660), (620, 400))
+    g.note(IMVIDEOEDIT_NOTE, (460, 660), note_size(IMVIDEOEDIT_NOTE))
 
 
 WORKFLOWS = {"video4edit_chronoedit_tail_frame_edit": chronoedit,
