@@ -45,10 +45,10 @@ class WanModelLoader:
             "placement": (list(PLACEMENTS), {"default": "one_expert", "tooltip": (
                 "Where the models live while sampling. all_on_device: fastest, needs VRAM for everything (>80 GB "
                 "for Wan2.2-A14B in bf16). one_expert: one expert (or the text encoder) on the GPU at a time, the "
-                "rest in RAM; swapped once per run at the expert switch (~32 GB bf16, ~18 GB with fp8 storage). "
+                "rest in RAM; swapped once per run at the expert switch (~29 GB bf16, ~15 GB with fp8 storage). "
                 "one_expert_disk: like one_expert, but what waits is dropped and re-read from its file (for 32 GB "
-                "of RAM; slower). block_offload: weights in RAM, one block at a time on the GPU (least VRAM, "
-                "slowest).")}),
+                "of RAM; slower). block_offload: weights in RAM, one block at a time on the GPU (~12 GB while "
+                "the text encoder runs, < 2 GB while sampling; slowest).")}),
             "vae_tiling": ("BOOLEAN", {"default": False, "tooltip": (
                 "Encode/decode the video in tiles: less VRAM at 720p and above, slightly slower.")}),
         }}

@@ -1,4 +1,4 @@
-"""Image and clip geometry for Wan: sizes in multiples of 16, frame counts of the form 4k+1."""
+"""Image and clip geometry: sizes in multiples of 16 (Wan and FLUX), Wan frame counts of the form 4k+1."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Fit:
         parts = [f"{w0}x{h0}"] + ([f"scaled to {self.scaled[0]}x{self.scaled[1]}"] if self.scaled else [])
         if self.scaled != (w, h):
             how = {"resize": "resized to", "crop": "centre-cropped to", "pad": "padded to"}[self.mode]
-            parts.append(f"{how} {w}x{h} (Wan needs multiples of {MULTIPLE})")
+            parts.append(f"{how} {w}x{h} (the model needs sides in multiples of {MULTIPLE})")
         if self.mode == "pad" and any(self.pad):
             parts.append("padding cropped off the results")
         return ", ".join(parts)
