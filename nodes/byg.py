@@ -18,12 +18,14 @@ from ..videoprior_edit.byg.video import SOURCE_TIMESTEPS
 from ..videoprior_edit.errors import InputError
 from ..videoprior_edit.images import SIZE_MODES
 from ..videoprior_edit.models.core import DTYPES, WEIGHT_STORAGE
+from ..videoprior_edit.placement import Placement
 from ..videoprior_edit.sampling import SCHEDULERS
 from . import host
 from .loaders import WAN_MODELS
 
 CATEGORY = "VideoPriorEdit/ByG"
 FLUX_MODELS = "VPE_FLUX_MODELS"
+FLUX_PLACEMENTS = {"one_model": "one_expert", "all_on_device": "all_on_device", "block_offload": "block_offload"}
 
 
 def _path(kind: str, name: str):
@@ -166,6 +168,13 @@ class FluxModelLoader:
             "precision": (list(DTYPES), {"default": "bf16", "tooltip": "Compute dtype (bf16 usual, fp32 exact)."}),
             "weight_storage": (list(WEIGHT_STORAGE), {"default": "default", "tooltip": (
                 "fp8_e4m3fn stores the transformer's linear weights in 8 bits.")}),
+        }, "optional": {
+            "placement": (list(FLUX_PLACEMENTS), {"default": "one_model", "tooltip": (
+                "Where the models live while editing. one_model: one big model on the GPU at a time (T5-XXL while "
+                "the prompt is encoded, then the transformer; ~24 GB bf16, ~12 GB with fp8 storage), the rest in "
+                "RAM. all_on_device: everything stays on the GPU except the text encoders after encoding (~34 GB "
+                "while encoding). block_offload: weights in RAM, one block at a time on the GPU (~10 GB while T5 "
+                "encodes, < 2 GB while sampling; slowest).")}),
         }}
 
     RETURN_TYPES = (FLUX_MODELS,)
@@ -175,14 +184,14 @@ class FluxModelLoader:
     CATEGORY = "VideoPriorEdit/loaders"
     DESCRIPTION = "Loads FLUX.1-dev (BFL/ComfyUI single files or a diffusers folder) for the ByG image editor."
 
-    def load(self, model, clip_l="none", t5xxl="none", vae="none", precision="bf16", weight_storage="default"):
+    def load(self, model, clip_l="none", t5xxl="none", vae="none", precision="bf16", weight_storage="default",
+             placement="one_model"):
         host.free_memory()
+        if placement not in FLUX_PLACEMENTS:
+            raise InputError(f"Unknown placement '{placement}'.", f"Use one of {', '.join(FLUX_PLACEMENTS)}.")
         models = load_flux_models(_path("diffusion_models", model), _path("text_encoders", clip_l),
-                                  _path("text_encoders", t5xxl), _path("vae", vae), precision, weight_storage)
-        models.transformer.to(host.device())
-        models.text_encoder.to(host.device())
-        models.text_encoder_2.to(host.device())
-        models.vae.to(host.device())
+                                  _path("text_encoders", t5xxl), _path("vae", vae), precision, weight_storage,
+                                  placement=Placement(FLUX_PLACEMENTS[placement], device=host.device()))
         return (models,)
 
 

@@ -17,7 +17,9 @@ from videoprior_edit.byg import (
     source_positions,
 )
 from videoprior_edit.byg.image import latent_ids, source_ids
+from videoprior_edit.errors import InputError
 from videoprior_edit.models.sets import load_wan_models
+from videoprior_edit.placement import FLUX_PLACEMENTS, Placement
 from videoprior_edit.sampling import (
     Guidance,
     SamplerState,
@@ -236,6 +238,58 @@ def test_flux_position_modes_differ_only_in_the_source_ids(flux_set):
     assert not torch.equal(a.latents, b.latents)
 
 
+class _Recording(Placement):
+    """A real placement that also notes which components it was asked for (to check the order of a run)."""
+
+    def activate(self, models, name):
+        self.calls.append(("activate", name))
+        return super().activate(models, name)
+
+    def release(self, models, name):
+        self.calls.append(("release", name))
+        super().release(models, name)
+
+
+@pytest.mark.parametrize("mode", FLUX_PLACEMENTS)
+def test_flux_placements_give_the_plain_result_with_loras(zoo, flux_set, mode, tmp_path):
+    from test_lora_flux import bfl_lora
+
+    from videoprior_edit.byg import with_flux_lora
+    from videoprior_edit.weights import save_file
+
+    fz = zoo.flux
+    save_file(bfl_lora(flux_set.transformer), tmp_path / "a.safetensors")
+    save_file(bfl_lora(flux_set.transformer, seed=1), tmp_path / "b.safetensors")
+    place = _Recording(mode, device="cpu")
+    place.calls = []
+    placed = load_flux_models(fz["transformer"], fz["clip_l"], fz["t5xxl"], fz["vae"], dtype="fp32", placement=place)
+    image = _clip(1, 32, 48, seed=3)
+    for merged in (False, True):  # a LoRA on a placed set (and, merged, a reload from the file) changes nothing
+        ours = with_flux_lora(with_flux_lora(placed, tmp_path / "a.safetensors", 0.8, merged),
+                              tmp_path / "b.safetensors", -0.5, merged)
+        plain = with_flux_lora(with_flux_lora(flux_set, tmp_path / "a.safetensors", 0.8, merged),
+                               tmp_path / "b.safetensors", -0.5, merged)
+        a = edit_image(ours, image, "make the car blue", steps=2, seed=7)
+        b = edit_image(plain, image, "make the car blue", steps=2, seed=7)
+        assert torch.equal(a.latents, b.latents) and torch.equal(a.image, b.image)
+        assert ours.placement is place
+    assert torch.equal(edit_image(placed, image, "x", steps=1, seed=0).latents,
+                       edit_image(flux_set, image, "x", steps=1, seed=0).latents)  # back to no LoRA
+    run = place.calls[-9:]
+    assert run == [("activate", "text_encoder"), ("release", "text_encoder"), ("activate", "text_encoder_2"),
+                   ("release", "text_encoder_2"), ("activate", "vae"), ("release", "vae"),
+                   ("activate", "transformer"), ("activate", "vae"), ("release", "vae")]
+    assert (getattr(placed.transformer, "_vpe_group_offload", None) is not None) == (mode == "block_offload")
+
+
+def test_flux_sets_refuse_disk_parking(zoo):
+    fz = zoo.flux
+    with pytest.raises(InputError, match="one_expert_disk") as e:
+        load_flux_models(fz["transformer"], fz["clip_l"], fz["t5xxl"], fz["vae"], dtype="fp32",
+                         placement=Placement("one_expert_disk", device="cpu"))
+    assert "all_on_device, one_expert, block_offload" in e.value.hint
+
+
 # ------------------------------------------------------------------------------------------------ nodes
 def test_byg_nodes_on_the_tiny_zoo(pack, zoo, t2v, monkeypatch):
     monkeypatch.setenv("VPE_MODELS_DIR", str(zoo.models))
@@ -252,6 +306,13 @@ def test_byg_nodes_on_the_tiny_zoo(pack, zoo, t2v, monkeypatch):
     loader = nodes["VPE_FluxModelLoader"]()
     (flux,) = loader.load("tiny_flux1-dev.safetensors", "tiny_clip_l.safetensors", "tiny_t5xxl_fp16.safetensors",
                           "tiny_flux_ae.safetensors", "fp32")
+    assert flux.placement.mode == "one_expert"  # the node's "one_model"
+    (blocks,) = loader.load("tiny_flux1-dev.safetensors", "tiny_clip_l.safetensors", "tiny_t5xxl_fp16.safetensors",
+                            "tiny_flux_ae.safetensors", "fp32", placement="block_offload")
+    assert blocks.placement.mode == "block_offload"
+    with pytest.raises(pack.videoprior_edit.errors.InputError, match="Unknown placement"):
+        loader.load("tiny_flux1-dev.safetensors", "tiny_clip_l.safetensors", "tiny_t5xxl_fp16.safetensors",
+                    "tiny_flux_ae.safetensors", "fp32", placement="one_expert_disk")
     edited, info = nodes["VPE_ByGImageEdit"]().edit(flux, _clip(1, 40, 56), "make it blue", 2, 3.5, 0)["result"]
     assert edited.shape == (1, 32, 64, 3) and "resized to 64x32" in info
     assert "VPE_FluxLoraLoader" in nodes

@@ -1,4 +1,4 @@
-"""The memory placement policy: the one place where Wan components move between devices.
+"""The memory placement policy: the one place where model components (Wan sets, FLUX sets) move between devices.
 
 The sampling loop asks a `Placement` for each component right before using it (`activate`) and says when it is done
 with the encoders and the VAE (`release`); no method moves models itself. Modes:
@@ -11,6 +11,9 @@ with the encoders and the VAE (`release`); no method moves models itself. Modes:
   activated again. RAM then holds one big component at a time (2 x 28 GB A14B experts with 32 GB of RAM).
 - `block_offload`: the experts' weights stay in `offload_device` and each group of blocks moves to the device just
   before it runs (diffusers' group offloading); encoders and VAE come and go as in `one_expert`.
+
+A FLUX set has `transformer`, `text_encoder` (CLIP-L), `text_encoder_2` (T5-XXL) and `vae`; it takes every mode but
+`one_expert_disk` (`FLUX_PLACEMENTS`).
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ from .errors import InputError, ModelFileError
 
 PLACEMENTS = ("all_on_device", "one_expert", "one_expert_disk", "block_offload")
 EXPERTS = ("transformer", "transformer_2")
-ENCODERS = ("text_encoder", "image_encoder")
+ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")
 COMPONENTS = ENCODERS + EXPERTS + ("vae",)
 _BIG = ENCODERS + EXPERTS
 _ONE_AT_A_TIME = ("one_expert", "one_expert_disk")
+FLUX_PLACEMENTS = ("all_on_device", "one_expert", "block_offload")
 _SOURCES = {"transformer": "model", "transformer_2": "model_low", "text_encoder": "text_encoder",
-            "image_encoder": "clip_vision", "vae": "vae"}
+            "image_encoder": "clip_vision", "vae": "vae"}  # Wan sets' `sources` keys (disk parking)
 _LABELS = {"transformer": "high-noise expert (or single model)", "transformer_2": "low-noise expert",
-           "text_encoder": "text encoder", "image_encoder": "image encoder", "vae": "VAE"}
+           "text_encoder": "text encoder", "text_encoder_2": "second text encoder", "image_encoder": "image encoder",
+           "vae": "VAE"}
 
 
 @dataclass
@@ -110,11 +115,11 @@ class Placement:
     def _evict(self, models, name: str) -> None:
         """Take `models.<name>` off the compute device: parked on disk in one_expert_disk (anything with a source
         file, except the small VAE), else moved to `offload_device`."""
-        module = getattr(models, name)
+        module = getattr(models, name, None)
         if module is None or _parked(module):
             return
         _drop_group_offload(module)
-        if self.mode == "one_expert_disk" and name != "vae" and models.sources.get(_SOURCES[name]):
+        if self.mode == "one_expert_disk" and name != "vae" and models.sources.get(_SOURCES.get(name, "")):
             _park(module)
         else:
             _move(module, _resolve(self.offload_device))
@@ -147,7 +152,7 @@ def _resolve(device: str | torch.device) -> torch.device:
 def _component(models, name: str) -> nn.Module:
     if name not in COMPONENTS:
         raise InputError(f"Unknown model component '{name}'.", f"Use one of {', '.join(COMPONENTS)}.")
-    module = getattr(models, name)
+    module = getattr(models, name, None)
     if module is None:
         raise InputError(f"{models.name} has no {_LABELS[name]}.", "Load a model set that has one.")
     return module
@@ -196,7 +201,7 @@ def reload_weights(models, name: str) -> nn.Module:
     object (a parked one comes back to `offload_device`'s CPU, a loaded one stays on its device). Experts come back
     without LoRAs (`vpe_loras` is emptied, unmerged LoRAs are dropped: `lora.forget_loras`). Returns the module."""
     module = _component(models, name)
-    path = models.sources.get(_SOURCES[name], "")
+    path = models.sources.get(_SOURCES.get(name, ""), "")
     if not path or not Path(path).exists():
         raise ModelFileError(f"The {_LABELS[name]} must be read again from its file, but '{path}' is gone (it was "
                              "parked on disk to free memory, or its LoRAs changed).",

@@ -160,12 +160,14 @@ its license on Hugging Face and set HF_TOKEN):
 - loras/byg_flux_lora.safetensors: train it with `videoprior-edit train-byg --family flux`, or pick any
   FLUX.1-dev editing LoRA (kohya, BFL or diffusers format; the node says how many keys matched).
 
-GPU memory (estimates from the weight sizes in bf16, not measured; activations on top, and the source
-tokens double the sequence). Load FLUX Models has no placement input (all_on_device / one_expert /
-block_offload are the Wan loader's): the transformer, both text encoders and the VAE stay on the GPU.
-- weight_storage default: ~34 GB (a 40-48 GB card)
-- weight_storage fp8_e4m3fn (the transformer's block weights in 8 bits): ~22 GB (a 24 GB card at
-  max_side 768-1024)
+GPU memory per placement on Load FLUX Models (estimates from the weight sizes in bf16, not measured;
+activations on top, and the source tokens double the sequence):
+- one_model (default): ~24 GB (T5-XXL while the prompt is encoded, then the transformer; the other
+  waits in RAM)
+- weight_storage fp8_e4m3fn (the transformer's block weights in 8 bits): ~12 GB with one_model (a 16 GB
+  card), ~22 GB with all_on_device
+- all_on_device: ~34 GB while the prompt is encoded (the text encoders leave afterwards), ~24 GB after
+- block_offload: ~10 GB while T5-XXL encodes, < 2 GB while sampling (slow)
 
 Tweak: LoRA strength 0.6-1.2; guidance 2.5-4; max_side 768 for speed; merge off on the LoRA node to try
 strengths without re-reading the model; positions 'kontext' if the LoRA was trained that way."""
@@ -175,7 +177,7 @@ def byg_image(g: Graph) -> None:
     image = g.node("LoadImage", (40, 80), "Source image", (320, 320), image="example.png")
     loader = g.node("VPE_FluxModelLoader", (40, 460), "FLUX.1-dev", (380, 230), model="flux1-dev.safetensors",
                     clip_l="clip_l.safetensors", t5xxl="t5xxl_fp16.safetensors", vae="ae.safetensors",
-                    precision="bf16")
+                    precision="bf16", placement="one_model")
     lora = g.node("VPE_FluxLoraLoader", (460, 460), "ByG editing LoRA", (340, 150),
                   lora="byg_flux_lora.safetensors", strength=1.0)
     editor = g.node("VPE_ByGImageEdit", (840, 80), "ByG image edit", (380, 400),

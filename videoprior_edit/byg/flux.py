@@ -29,7 +29,9 @@ _MANAGED = "flux-set:"
 @dataclass
 class FluxModels:
     """A loaded FLUX.1 set. `text_encoder`/`tokenizer`: CLIP-L (pooled prompt), `text_encoder_2`/`tokenizer_2`:
-    T5-XXL (prompt tokens). `loras`: (path, strength, merge) in order. Nothing is moved: it all runs where it is."""
+    T5-XXL (prompt tokens). `loras`: (path, strength, merge) in order. `placement`: a `Placement` (all_on_device,
+    one_expert = one big model on the GPU at a time, block_offload) that moves the components while editing; None:
+    nothing is moved, it all runs where it is."""
 
     transformer: object
     text_encoder: object
@@ -40,6 +42,10 @@ class FluxModels:
     sources: dict[str, str] = field(default_factory=dict)
     load_options: dict = field(default_factory=dict)
     loras: list = field(default_factory=list)
+    placement: object = None
+
+    def __post_init__(self):
+        check_flux_placement(self.placement)
 
     @property
     def name(self) -> str:
@@ -50,12 +56,25 @@ class FluxModels:
                          + [f"LoRA {Path(p).name} x{s:g} ({'merged' if m else 'unmerged'})" for p, s, m in self.loras])
 
 
+def check_flux_placement(placement) -> None:
+    """A FLUX set takes all_on_device, one_expert or block_offload (its files are not re-read: no disk parking)."""
+    from ..errors import InputError
+    from ..placement import FLUX_PLACEMENTS
+
+    if placement is not None and placement.mode not in FLUX_PLACEMENTS:
+        raise InputError(f"FLUX sets cannot use the '{placement.mode}' placement.",
+                         f"Use one of {', '.join(FLUX_PLACEMENTS)}.")
+
+
 def load_flux_models(transformer: str | Path, clip_l: str | Path | None = None, t5xxl: str | Path | None = None,
                      vae: str | Path | None = None, dtype: str = "bf16", weight_storage: str = "default",
                      text_encoder_dtype: str | None = None, vae_dtype: str = "fp32",
-                     clip_tokenizer: str | Path | None = None, t5_tokenizer: str | Path | None = None) -> FluxModels:
-    """Load a FLUX.1-dev set. `transformer` is flux1-dev.safetensors (or a diffusers pipeline folder, whose
-    text_encoder / text_encoder_2 / vae folders are used for the components not given)."""
+                     clip_tokenizer: str | Path | None = None, t5_tokenizer: str | Path | None = None,
+                     placement=None) -> FluxModels:
+    """Load a FLUX.1-dev set (on the CPU). `transformer` is flux1-dev.safetensors (or a diffusers pipeline folder,
+    whose text_encoder / text_encoder_2 / vae folders are used for the components not given). `placement`: see
+    `FluxModels`."""
+    check_flux_placement(placement)
     root = Path(transformer)
     pipeline = root.is_dir() and (root / "model_index.json").is_file()
     clip_l = clip_l or (root if pipeline else None)
@@ -73,7 +92,7 @@ def load_flux_models(transformer: str | Path, clip_l: str | Path | None = None, 
     t5, t5_tok = load_t5xxl(t5xxl, te_dtype, t5_tokenizer)
     return FluxModels(model, clip, clip_tok, t5, t5_tok, load_flux_vae(vae, vae_dtype),
                       sources={"transformer": str(root), "clip_l": str(clip_l), "t5xxl": str(t5xxl), "vae": str(vae)},
-                      load_options={"dtype": dtype, "weight_storage": weight_storage})
+                      load_options={"dtype": dtype, "weight_storage": weight_storage}, placement=placement)
 
 
 def with_flux_lora(models: FluxModels, path: str | Path, strength: float = 1.0, merge: bool = True) -> FluxModels:
@@ -115,7 +134,10 @@ def sync_flux_loras(models: FluxModels) -> None:
 
 def _reload_transformer(models: FluxModels) -> None:
     """Read the transformer's weights again from its file into the same module (LoRAs dropped)."""
+    from ..placement import _drop_group_offload
+
     module = models.transformer
+    _drop_group_offload(module)  # the next `activate` attaches it again, to the new tensors
     opts = models.load_options
     fresh = load_flux_transformer(models.sources["transformer"], opts.get("dtype", "bf16"),
                                   opts.get("weight_storage", "default"))

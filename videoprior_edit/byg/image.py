@@ -78,17 +78,35 @@ def unpack(latents: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_flux_prompt(models, prompt: str, max_sequence_length: int | None = None, device=None):
-    """(T5 prompt embeddings `(1, L, D)`, CLIP pooled `(1, P)`, text ids `(L, 3)`), as diffusers' Flux pipelines."""
-    max_sequence_length = max_sequence_length or models.transformer.vpe_info.max_sequence_length
-    clip, t5 = models.text_encoder, models.text_encoder_2
+    """(T5 prompt embeddings `(1, L, D)`, CLIP pooled `(1, P)`, text ids `(L, 3)`), as diffusers' Flux pipelines.
+    Each encoder runs where it is, or where the set's placement puts it (and is released after)."""
+    pooled = _encoded(models, "text_encoder", lambda clip: _clip_pooled(models, clip, prompt, device))
+    embeds = _encoded(models, "text_encoder_2", lambda t5: _t5_embeds(models, t5, prompt, max_sequence_length, device))
+    text_ids = torch.zeros(embeds.shape[1], 3).to(device=device, dtype=pooled.dtype)
+    return embeds, pooled, text_ids
+
+
+def _encoded(models, name: str, encode):
+    place = getattr(models, "placement", None)
+    if place is None:
+        return encode(getattr(models, name))
+    try:
+        return encode(place.activate(models, name))
+    finally:
+        place.release(models, name)
+
+
+def _clip_pooled(models, clip, prompt: str, device) -> torch.Tensor:
     ids = models.tokenizer([prompt], padding="max_length", max_length=models.tokenizer.model_max_length,
                            truncation=True, return_tensors="pt").input_ids
-    pooled = clip(ids.to(clip.device), output_hidden_states=False).pooler_output.to(dtype=clip.dtype, device=device)
-    ids = models.tokenizer_2([prompt], padding="max_length", max_length=max_sequence_length, truncation=True,
+    return clip(ids.to(clip.device), output_hidden_states=False).pooler_output.to(dtype=clip.dtype, device=device)
+
+
+def _t5_embeds(models, t5, prompt: str, max_sequence_length: int | None, device) -> torch.Tensor:
+    length = max_sequence_length or models.transformer.vpe_info.max_sequence_length
+    ids = models.tokenizer_2([prompt], padding="max_length", max_length=length, truncation=True,
                              return_tensors="pt").input_ids
-    embeds = t5(ids.to(t5.device), output_hidden_states=False)[0].to(dtype=t5.dtype, device=device)
-    text_ids = torch.zeros(embeds.shape[1], 3).to(device=device, dtype=clip.dtype)
-    return embeds, pooled, text_ids
+    return t5(ids.to(t5.device), output_hidden_states=False)[0].to(dtype=t5.dtype, device=device)
 
 
 @torch.no_grad()
@@ -122,13 +140,17 @@ def edit_image(models, image: torch.Tensor, instruction: str, steps: int = DEFAU
         raise InputError(f"Steps must be a whole number >= 1 (got {steps}).", "ByG uses 20.")
     source_ids(torch.zeros(1, 3), positions)  # checks the mode
     sync_flux_loras(models)
-    transformer, vae = models.transformer, models.vae
-    device = torch.device(device) if device is not None else next(transformer.parameters()).device
-    dtype = transformer.x_embedder.weight.dtype
+    place = models.placement
+    if place is not None:
+        device = place.compute_device
+    elif device is None:
+        device = next(models.transformer.parameters()).device
+    device = torch.device(device)
+    dtype = models.transformer.x_embedder.weight.dtype
     fitted, fit = fit_image(image[:1], size_mode, max_side)
     prompt_embeds, pooled, text_ids = encode_flux_prompt(models, instruction, max_sequence_length, device)
     pixels = fitted[..., :3].permute(0, 3, 1, 2).float() * 2.0 - 1.0
-    source = encode_flux_image(vae, pixels).to(device=device, dtype=torch.float32)
+    source = _encoded(models, "vae", lambda vae: encode_flux_image(vae, pixels)).to(device=device, dtype=torch.float32)
     h, w = source.shape[2:]
     image_tokens = pack(source)
     noisy_ids = latent_ids(h // 2, w // 2, device, prompt_embeds.dtype)
@@ -145,8 +167,9 @@ def edit_image(models, image: torch.Tensor, instruction: str, steps: int = DEFAU
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, int(steps)), device=device, mu=mu)
     scheduler.set_begin_index(0)
     embed = None
-    if transformer.config.guidance_embeds:
+    if models.transformer.config.guidance_embeds:
         embed = torch.full([1], guidance, device=device, dtype=torch.float32).expand(latents.shape[0])
+    transformer = place.activate(models, "transformer") if place is not None else models.transformer
     with torch.no_grad():
         for t in scheduler.timesteps:
             x = torch.cat([latents, image_tokens], dim=1).to(dtype)
@@ -158,6 +181,10 @@ def edit_image(models, image: torch.Tensor, instruction: str, steps: int = DEFAU
             latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
             if progress is not None:
                 progress(1)
-    out = fit.restore(decode_flux(vae, unpack(latents, h, w))) if decode_image else None
+    out = None
+    if decode_image:
+        out = fit.restore(_encoded(models, "vae", lambda vae: decode_flux(vae, unpack(latents, h, w))))
+    if place is not None:
+        place.finish(models)
     notes = [fit.note] if fit.note else []
     return ImageEdit(out, latents, notes)
