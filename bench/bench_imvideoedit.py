@@ -28,27 +28,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, memory, parameters
+from common import median, memory, parameters, write_bench_t2v
 
 from videoprior_edit.imvideoedit import applied, create_adapter
 from videoprior_edit.models.sets import load_wan_models
-from videoprior_edit.weights import save_file
-from videoprior_edit.zoo import Zoo, _original_wan, tiny_wan_transformer, write_zoo
 
 INFERENCE = (256, 256, 9)  # clip W x H x frames: 3 latent frames of 16 x 16 tokens
 TRAINING = (448, 256, 1)  # one frame, the paper's 480x832 aspect scaled down
 MODES = ("infer_frozen", "infer_frozen_x2", "infer_adapted", "train_frozen", "train_adapted",
          "train_adapted_checkpointed")
-
-
-def write_t2v(root: Path, size: str) -> dict[str, Path]:
-    zoo = Zoo(root / "zoo")
-    if not (zoo.root / "zoo.json").is_file():
-        write_zoo(zoo.root, 0)
-    path = root / f"{size}_wan2.1_t2v_1.3B.safetensors"
-    if not path.is_file():
-        save_file(_original_wan(tiny_wan_transformer("t2v", 3, size)), path)
-    return {"model": path, "text_encoder": zoo.file("umt5"), "vae": zoo.file("vae")}
 
 
 def _inputs(clip, batch: int, text_dim: int):
@@ -159,7 +147,7 @@ def main(argv=None) -> None:
     if args.one:
         print(json.dumps(peak_memory({k: Path(v) for k, v in json.loads(args.files).items()}, args.one)))
         return
-    files = write_t2v(Path(tempfile.mkdtemp(prefix="vpe_bench_ive_")), args.size)
+    files = write_bench_t2v(Path(tempfile.mkdtemp(prefix="vpe_bench_ive_")), args.size)
     rows = {mode: _subprocess(files, mode, args) for mode in MODES}
     for mode, seconds in timings(files, args.repeat).items():
         rows[mode]["seconds"] = seconds

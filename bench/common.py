@@ -24,6 +24,17 @@ def write_bench_set(root: Path, size: str = "bench", seed: int = 0) -> dict[str,
     return files
 
 
+def write_bench_t2v(root: Path, size: str = "bench_large") -> dict[str, Path]:
+    """A Wan2.1-T2V of `size` + the tiny zoo's UMT5 and VAE (their text width matches the test-only sizes)."""
+    zoo = Zoo(root / "zoo")
+    if not (zoo.root / "zoo.json").is_file():
+        write_zoo(zoo.root, 0)
+    path = root / f"{size}_wan2.1_t2v_1.3B.safetensors"
+    if not path.is_file():
+        save_file(_original_wan(tiny_wan_transformer("t2v", 3, size)), path)
+    return {"model": path, "text_encoder": zoo.file("umt5"), "vae": zoo.file("vae")}
+
+
 def load_bench_set(files: dict[str, Path], dtype: str = "fp32", placement=None):
     kwargs = {} if placement is None else {"placement": placement}
     return load_wan_models(files["model"], files["model_low"], files["text_encoder"], files["vae"], dtype=dtype,

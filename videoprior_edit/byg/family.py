@@ -115,7 +115,8 @@ class Family:
     def collate_texts(self, items: list):
         raise NotImplementedError
 
-    def lora_modules(self, module, targets: str) -> list[str]:
+    @staticmethod
+    def lora_modules(module, targets: str) -> list[str]:
         raise NotImplementedError
 
     def lora_files(self, tensors: dict[str, torch.Tensor], shapes: dict[str, tuple], rank: int, alpha: float,
@@ -216,7 +217,8 @@ class WanFamily(Family):
     def collate_texts(self, items: list) -> torch.Tensor:
         return pad_text(items)
 
-    def lora_modules(self, module, targets: str) -> list[str]:
+    @staticmethod
+    def lora_modules(module, targets: str) -> list[str]:
         return [n for n, _ in module.named_modules()
                 if n.startswith("blocks.") and n.count(".") >= 2 and n.split(".", 2)[2] in WAN_TARGETS[targets]]
 
@@ -343,7 +345,8 @@ class FluxFamily(Family):
     def collate_texts(self, items: list) -> dict:
         return {k: torch.stack([i[k] for i in items]) for k in items[0]}
 
-    def lora_modules(self, module, targets: str) -> list[str]:
+    @staticmethod
+    def lora_modules(module, targets: str) -> list[str]:
         double, single = FLUX_TARGETS[targets]
         out = []
         for n, _ in module.named_modules():
