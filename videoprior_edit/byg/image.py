@@ -126,6 +126,19 @@ def decode_flux(vae, latents: torch.Tensor) -> torch.Tensor:
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu()
 
 
+def flux_scheduler(image_tokens: int, steps: int, device):
+    """FlowMatch Euler with FLUX's resolution-dependent shift `mu`, set to `steps` steps (as diffusers' pipelines)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(**scheduler_config())
+    cfg = scheduler.config
+    mu = calculate_shift(image_tokens, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, int(steps)), device=device, mu=mu)
+    scheduler.set_begin_index(0)
+    return scheduler
+
+
 def edit_image(models, image: torch.Tensor, instruction: str, steps: int = DEFAULT_STEPS,
                guidance: float = DEFAULT_GUIDANCE, seed: int | torch.Generator = 0, positions: str = "byg",
                size_mode: str = "resize", max_side: int = NATIVE_MAX_SIDE, device=None,
@@ -155,17 +168,11 @@ def edit_image(models, image: torch.Tensor, instruction: str, steps: int = DEFAU
     image_tokens = pack(source)
     noisy_ids = latent_ids(h // 2, w // 2, device, prompt_embeds.dtype)
     ids = torch.cat([noisy_ids, source_ids(noisy_ids, positions)], dim=0)
-    from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.utils.torch_utils import randn_tensor
 
     generator = seed if isinstance(seed, torch.Generator) else torch.Generator("cpu").manual_seed(int(seed))
     latents = pack(randn_tensor((1, 16, h, w), generator=generator, device=device, dtype=torch.float32))
-    scheduler = FlowMatchEulerDiscreteScheduler(**scheduler_config())
-    cfg = scheduler.config
-    mu = calculate_shift(latents.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, int(steps)), device=device, mu=mu)
-    scheduler.set_begin_index(0)
+    scheduler = flux_scheduler(latents.shape[1], steps, device)
     embed = None
     if models.transformer.config.guidance_embeds:
         embed = torch.full([1], guidance, device=device, dtype=torch.float32).expand(latents.shape[0])
