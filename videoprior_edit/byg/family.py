@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError, VPEError
+from .image import flux_velocity
 
 WAN_TARGETS = {  # diffusers module names inside `blocks.N.`
     "attn+ffn": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
@@ -313,30 +314,23 @@ class FluxFamily(Family):
     def encode(self, examples, cfg, device) -> list[dict]:
         """Per example: FLUX latents `(16, h, w)` of the first frame (latent mode, shift/scale) and its four texts
         ({"embeds": T5 `(L, D)`, "pooled": CLIP `(P,)`}, the transformer's dtype), all on CPU."""
+        from ..placement import Placement
         from .data import load_media
-        from .image import encode_flux_image, encode_flux_prompt
+        from .image import encode_flux_image, encode_flux_prompts, run_placed
 
         models = self.models
+        place = models.placement or Placement("one_expert", device=device)
         dtype = _module_dtype(models.transformer, "x_embedder")
-        length = cfg.max_sequence_length or None
-        for enc in (models.text_encoder, models.text_encoder_2):
-            enc.to(device)
-        texts = {}
-        for ex in examples:
-            for text in ex.texts():
-                if text not in texts:
-                    embeds, pooled, _ = encode_flux_prompt(models, text, length, device)
-                    texts[text] = {"embeds": embeds[0].to("cpu", dtype), "pooled": pooled[0].to("cpu", dtype)}
-        for enc in (models.text_encoder, models.text_encoder_2):
-            enc.to("cpu")
-        vae = models.vae.to(device)
-        out = []
-        for ex in examples:
-            pixels = load_media(ex.media, cfg.width, cfg.height, 1)[:, 0][None]  # (1, 3, H, W)
-            latents = encode_flux_image(vae, pixels).float()[0].cpu()
-            out.append({"latents": latents, "texts": [texts[t] for t in ex.texts()]})
-        models.vae.to("cpu")
-        return out
+        unique = list(dict.fromkeys(text for ex in examples for text in ex.texts()))
+        encoded = encode_flux_prompts(models, unique, cfg.max_sequence_length or None, device, place)
+        texts = {text: {k: v[0].to("cpu", dtype) for k, v in e.items()} for text, e in zip(unique, encoded)}
+
+        def latents(vae):
+            return [encode_flux_image(vae, load_media(ex.media, cfg.width, cfg.height, 1)[:, 0][None]).float()[0].cpu()
+                    for ex in examples]  # (1, 3, H, W) pictures -> (16, h, w)
+
+        return [{"latents": x, "texts": [texts[t] for t in ex.texts()]}
+                for ex, x in zip(examples, run_placed(models, place, "vae", latents))]
 
     def release_encoders(self) -> None:
         for name in ("text_encoder", "text_encoder_2", "vae"):
@@ -414,34 +408,6 @@ def _fused(group: dict, shapes: dict, rank: int, dtype, original: str) -> tuple[
             up[offset:offset + size, i * rank:(i + 1) * rank] = u
         offset += size
     return down, up, count
-
-
-def flux_velocity(transformer, noisy: torch.Tensor, sigma: torch.Tensor, text: dict, source: torch.Tensor | None = None,
-                  positions: str = "byg", guidance: float = 3.5) -> torch.Tensor:
-    """FLUX's velocity on latents `(B, 16, h, w)`: packed 2x2 tokens, with the source image's tokens concatenated
-    after them when `source` is given (ids: "byg" = the noisy tokens', "kontext" = first channel 1); the
-    prediction is sliced to the noisy tokens and unpacked."""
-    from .image import latent_ids, pack, source_ids, unpack
-
-    dtype = _module_dtype(transformer, "x_embedder")
-    b, _, h, w = noisy.shape
-    tokens = pack(noisy.float())
-    n = tokens.shape[1]
-    ids = latent_ids(h // 2, w // 2, noisy.device, torch.float32)
-    if source is not None:
-        if tuple(source.shape[1:]) != tuple(noisy.shape[1:]):
-            raise InputError(f"Source latents {tuple(source.shape)} do not fit {tuple(noisy.shape)}.",
-                             "Encode the source at the training size.")
-        tokens = torch.cat([tokens, pack(source.float().expand(b, -1, -1, -1))], dim=1)
-        ids = torch.cat([ids, source_ids(ids, positions)], dim=0)
-    embed = None
-    if transformer.config.guidance_embeds:
-        embed = torch.full((b,), float(guidance), device=noisy.device, dtype=torch.float32)
-    text_ids = torch.zeros(text["embeds"].shape[1], 3, device=noisy.device)
-    out = transformer(hidden_states=tokens.to(dtype), timestep=sigma.to(noisy.device, torch.float32), guidance=embed,
-                      pooled_projections=text["pooled"].to(dtype), encoder_hidden_states=text["embeds"].to(dtype),
-                      txt_ids=text_ids, img_ids=ids, return_dict=False)[0]
-    return unpack(out[:, :n].float(), h, w)
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -77,17 +77,19 @@ def unpack(latents: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_flux_prompt(models, prompt: str, max_sequence_length: int | None = None, device=None):
-    """(T5 prompt embeddings `(1, L, D)`, CLIP pooled `(1, P)`, text ids `(L, 3)`), as diffusers' Flux pipelines.
-    Each encoder runs where it is, or where the set's placement puts it (and is released after)."""
-    pooled = _encoded(models, "text_encoder", lambda clip: _clip_pooled(models, clip, prompt, device))
-    embeds = _encoded(models, "text_encoder_2", lambda t5: _t5_embeds(models, t5, prompt, max_sequence_length, device))
-    text_ids = torch.zeros(embeds.shape[1], 3).to(device=device, dtype=pooled.dtype)
-    return embeds, pooled, text_ids
+def encode_flux_prompts(models, prompts: list[str], max_sequence_length: int | None = None, device=None,
+                        place=None) -> list[dict[str, torch.Tensor]]:
+    """Per prompt {"embeds": T5 `(1, L, D)`, "pooled": CLIP `(1, P)`} on `device`, as diffusers' Flux pipelines.
+    Each encoder runs once for all prompts: where it is, or where `place` (a `Placement`) puts it, released after."""
+    pooled = run_placed(models, place, "text_encoder", lambda clip: [_clip_pooled(models, clip, p, device)
+                                                                   for p in prompts])
+    embeds = run_placed(models, place, "text_encoder_2", lambda t5: [_t5_embeds(models, t5, p, max_sequence_length,
+                                                                              device) for p in prompts])
+    return [{"embeds": e, "pooled": c} for e, c in zip(embeds, pooled)]
 
 
-def _encoded(models, name: str, encode):
-    place = getattr(models, "placement", None)
+def run_placed(models, place, name: str, encode):
+    """`encode(models.<name>)`: where the module is, or on the device `place` puts it on (released after)."""
     if place is None:
         return encode(getattr(models, name))
     try:
@@ -107,6 +109,33 @@ def _t5_embeds(models, t5, prompt: str, max_sequence_length: int | None, device)
     ids = models.tokenizer_2([prompt], padding="max_length", max_length=length, truncation=True,
                              return_tensors="pt").input_ids
     return t5(ids.to(t5.device), output_hidden_states=False)[0].to(dtype=t5.dtype, device=device)
+
+
+def flux_velocity(transformer, noisy: torch.Tensor, sigma: torch.Tensor, text: dict, source: torch.Tensor | None = None,
+                  positions: str = "byg", guidance: float = 3.5) -> torch.Tensor:
+    """FLUX's velocity on latents `(B, 16, h, w)` (the editor's and the trainer's): packed 2x2 tokens, with the
+    source image's tokens concatenated after them when `source` is given (ids: "byg" = the noisy tokens',
+    "kontext" = first channel 1); the prediction is sliced to the noisy tokens and unpacked. `text`: see
+    `encode_flux_prompts`."""
+    dtype = transformer.x_embedder.weight.dtype
+    b, _, h, w = noisy.shape
+    tokens = pack(noisy.float())
+    n = tokens.shape[1]
+    ids = latent_ids(h // 2, w // 2, noisy.device, torch.float32)
+    if source is not None:
+        if tuple(source.shape[1:]) != tuple(noisy.shape[1:]):
+            raise InputError(f"Source latents {tuple(source.shape)} do not fit {tuple(noisy.shape)}.",
+                             "Encode the source at the training size.")
+        tokens = torch.cat([tokens, pack(source.float().expand(b, -1, -1, -1))], dim=1)
+        ids = torch.cat([ids, source_ids(ids, positions)], dim=0)
+    embed = None
+    if transformer.config.guidance_embeds:
+        embed = torch.full((b,), float(guidance), device=noisy.device, dtype=torch.float32)
+    text_ids = torch.zeros(text["embeds"].shape[1], 3, device=noisy.device)
+    out = transformer(hidden_states=tokens.to(dtype), timestep=sigma.to(noisy.device, torch.float32), guidance=embed,
+                      pooled_projections=text["pooled"].to(dtype), encoder_hidden_states=text["embeds"].to(dtype),
+                      txt_ids=text_ids, img_ids=ids, return_dict=False)[0]
+    return unpack(out[:, :n].float(), h, w)
 
 
 @torch.no_grad()
@@ -159,39 +188,28 @@ def edit_image(models, image: torch.Tensor, instruction: str, steps: int = DEFAU
     elif device is None:
         device = next(models.transformer.parameters()).device
     device = torch.device(device)
-    dtype = models.transformer.x_embedder.weight.dtype
     fitted, fit = fit_image(image[:1], size_mode, max_side)
-    prompt_embeds, pooled, text_ids = encode_flux_prompt(models, instruction, max_sequence_length, device)
+    (text,) = encode_flux_prompts(models, [instruction], max_sequence_length, device, place)
     pixels = fitted[..., :3].permute(0, 3, 1, 2).float() * 2.0 - 1.0
-    source = _encoded(models, "vae", lambda vae: encode_flux_image(vae, pixels)).to(device=device, dtype=torch.float32)
+    source = run_placed(models, place, "vae", lambda vae: encode_flux_image(vae, pixels)).to(device, torch.float32)
     h, w = source.shape[2:]
-    image_tokens = pack(source)
-    noisy_ids = latent_ids(h // 2, w // 2, device, prompt_embeds.dtype)
-    ids = torch.cat([noisy_ids, source_ids(noisy_ids, positions)], dim=0)
     from diffusers.utils.torch_utils import randn_tensor
 
     generator = seed if isinstance(seed, torch.Generator) else torch.Generator("cpu").manual_seed(int(seed))
-    latents = pack(randn_tensor((1, 16, h, w), generator=generator, device=device, dtype=torch.float32))
-    scheduler = flux_scheduler(latents.shape[1], steps, device)
-    embed = None
-    if models.transformer.config.guidance_embeds:
-        embed = torch.full([1], guidance, device=device, dtype=torch.float32).expand(latents.shape[0])
+    latents = randn_tensor((1, 16, h, w), generator=generator, device=device, dtype=torch.float32)
+    scheduler = flux_scheduler((h // 2) * (w // 2), steps, device)
     transformer = place.activate(models, "transformer") if place is not None else models.transformer
     with torch.no_grad():
-        for t in scheduler.timesteps:
-            x = torch.cat([latents, image_tokens], dim=1).to(dtype)
-            timestep = t.expand(latents.shape[0]).to(latents.dtype)
-            prediction = transformer(hidden_states=x, timestep=timestep / 1000, guidance=embed,
-                                     pooled_projections=pooled.to(dtype), encoder_hidden_states=prompt_embeds.to(dtype),
-                                     txt_ids=text_ids, img_ids=ids, return_dict=False)[0]
-            prediction = prediction[:, :latents.shape[1]].to(latents.dtype)
-            latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+        for t in scheduler.timesteps:  # the scheduler's step is elementwise: latents stay unpacked
+            velocity = flux_velocity(transformer, latents, t.expand(1).float() / 1000, text, source, positions,
+                                     guidance)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
             if progress is not None:
                 progress(1)
     out = None
     if decode_image:
-        out = fit.restore(_encoded(models, "vae", lambda vae: decode_flux(vae, unpack(latents, h, w))))
+        out = fit.restore(run_placed(models, place, "vae", lambda vae: decode_flux(vae, latents)))
     if place is not None:
         place.finish(models)
     notes = [fit.note] if fit.note else []
-    return ImageEdit(out, latents, notes)
+    return ImageEdit(out, pack(latents), notes)
