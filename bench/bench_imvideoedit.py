@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, memory, parameters, write_bench_t2v
+from common import in_fresh_process, median, memory, parameters, write_bench_t2v
 
 from videoprior_edit.imvideoedit import applied, create_adapter
 from videoprior_edit.models.sets import load_wan_models
@@ -155,9 +154,8 @@ def main(argv=None) -> None:
 
 
 def _subprocess(files: dict, mode: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--one", mode, "--files", json.dumps({k: str(v) for k, v in files.items()}),
-           "--threads", str(args.threads), "--size", args.size]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    return in_fresh_process(__file__, "--one", mode, "--files", json.dumps({k: str(v) for k, v in files.items()}),
+                            "--threads", str(args.threads), "--size", args.size)
 
 
 def _report(rows: dict, args) -> None:

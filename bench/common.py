@@ -3,6 +3,9 @@ loaded through the pack's own loader (so the benchmark measures the code artists
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from videoprior_edit.models.sets import load_wan_models
@@ -56,3 +59,10 @@ def memory(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no {field} in /proc/self/status (this benchmark needs Linux)")
+
+
+def in_fresh_process(script: str, *args: str) -> dict:
+    """Run `script` with `args` in a new Python process (its peak memory starts from zero) and return the JSON object
+    it prints last."""
+    done = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.splitlines()[-1])

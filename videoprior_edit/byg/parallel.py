@@ -87,11 +87,6 @@ def assign_whole(target: torch.Tensor, value: torch.Tensor) -> None:
             target.copy_(value.to(target.device, target.dtype))
 
 
-def shape_of(t: torch.Tensor) -> tuple[int, ...]:
-    """The whole tensor's shape (a shard's global shape)."""
-    return tuple(t.shape)
-
-
 def average_gradients(params: list[torch.nn.Parameter], num_processes: int) -> None:
     """Replicated data parallel: average each gradient over the processes; a parameter no process got a gradient
     for keeps none (so AdamW leaves it alone, as in one process)."""

@@ -556,7 +556,7 @@ class ByGTrainer:
             written.append(target)
             if not self.accelerator.is_main_process:
                 continue
-            shapes = {n.replace(".base_layer.", "."): parallel.shape_of(p) for n, p in e.module.named_parameters()}
+            shapes = {n.replace(".base_layer.", "."): tuple(p.shape) for n, p in e.module.named_parameters()}  # global
             kohya, peft_sd, metadata = self.family.lora_files(tensors[e.label], shapes, cfg.rank, alpha, dtype)
             info = {"byg_config": json.dumps(asdict(cfg)), "byg_step": str(self.step), "byg_family": self.family.name,
                     "byg_expert": e.label}
