@@ -111,17 +111,23 @@ VLM_LINES = {"template": "No VLM: the template rewriter writes a simple evolutio
                        "GPU needs its own memory while it answers (start Ollama with OLLAMA_KEEP_ALIVE=0 to free it)."}
 
 
-def if_edit(g: Graph, backend: str) -> None:
-    image = g.node("LoadImage", (40, 80), "Source image", (320, 320), image="example.png")
-    loader = g.node("VPE_WanModelLoader", (40, 460), "Wan2.2-I2V-A14B", (380, 280),
-                    model="wan2.2_i2v_high_noise_14B_fp16.safetensors",
-                    model_low_noise="wan2.2_i2v_low_noise_14B_fp16.safetensors",
+def a14b_with_loras(g: Graph, task: str, title: str, lora: str) -> tuple:
+    """A Wan2.2 A14B loader (`task` i2v / t2v, bf16, one expert at a time) and a LoRA node per expert (`lora`
+    with "{}" for high / low), chained: (loader, high LoRA, low LoRA)."""
+    loader = g.node("VPE_WanModelLoader", (40, 460), f"Wan2.2-{task.upper()}-A14B", (380, 280),
+                    model=f"wan2.2_{task}_high_noise_14B_fp16.safetensors",
+                    model_low_noise=f"wan2.2_{task}_low_noise_14B_fp16.safetensors",
                     text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors", clip_vision="none",
                     precision="bf16", placement="one_expert")
-    high = g.node("VPE_WanLoraLoader", (460, 460), "Lightning (high noise)", (340, 130),
-                  lora="wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors", strength=1.0, expert="high")
-    low = g.node("VPE_WanLoraLoader", (460, 620), "Lightning (low noise)", (340, 130),
-                 lora="wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors", strength=1.0, expert="low")
+    high, low = (g.node("VPE_WanLoraLoader", (460, y), f"{title} ({expert} noise)", (340, 130),
+                        lora=lora.format(expert), strength=1.0, expert=expert)
+                 for expert, y in (("high", 460), ("low", 620)))
+    return loader, high, low
+
+
+def if_edit(g: Graph, backend: str) -> None:
+    image = g.node("LoadImage", (40, 80), "Source image", (320, 320), image="example.png")
+    loader, high, low = a14b_with_loras(g, "i2v", "Lightning", "wan2.2_i2v_lightx2v_4steps_lora_v1_{}_noise.safetensors")
     rewrite = g.node("VPE_PromptRewriter", (440, 80), "Evolution prompt", (380, 340),
                      instruction="take the paper card out of her hand", mode="edit", backend=backend,
                      local_model="none", seed=0)
@@ -222,15 +228,7 @@ trained that way; LoRA strengths 0.6-1.2; merge off to try strengths without rel
 
 def byg_video(g: Graph) -> None:
     video = g.node("LoadVideo", (40, 80), "Source video", (320, 320), file="example.mp4")
-    loader = g.node("VPE_WanModelLoader", (40, 460), "Wan2.2-T2V-A14B", (380, 280),
-                    model="wan2.2_t2v_high_noise_14B_fp16.safetensors",
-                    model_low_noise="wan2.2_t2v_low_noise_14B_fp16.safetensors",
-                    text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors", clip_vision="none",
-                    precision="bf16", placement="one_expert")
-    high = g.node("VPE_WanLoraLoader", (460, 460), "ByG LoRA (high noise)", (340, 130),
-                  lora="byg_lora_high_noise.safetensors", strength=1.0, expert="high")
-    low = g.node("VPE_WanLoraLoader", (460, 620), "ByG LoRA (low noise)", (340, 130),
-                 lora="byg_lora_low_noise.safetensors", strength=1.0, expert="low")
+    loader, high, low = a14b_with_loras(g, "t2v", "ByG LoRA", "byg_lora_{}_noise.safetensors")
     editor = g.node("VPE_ByGVideoEdit", (860, 80), "ByG video edit", (380, 520),
                     instruction="turn the scene into a snowy winter day", negative_prompt=WAN_NEGATIVE,
                     scheduler="unipc", seed=42)
