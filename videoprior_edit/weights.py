@@ -36,6 +36,7 @@ class TensorInfo:
     dtype: torch.dtype
     shape: tuple[int, ...]
     file: Path
+    span: tuple[int, int] = (0, 0)  # its bytes in `file`: [start, end) from the file's beginning
 
 
 def refuse_pickle(path: Path) -> None:
@@ -89,7 +90,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         dtype = _DTYPES.get(entry.get("dtype"))
         if dtype is None:
             raise ModelFileError(f"'{path.name}': tensor '{key}' has unsupported dtype {entry.get('dtype')}.")
-        infos[key] = TensorInfo(dtype, tuple(entry["shape"]), path)
+        begin, stop = entry["data_offsets"]
+        infos[key] = TensorInfo(dtype, tuple(entry["shape"]), path, (8 + n + begin, 8 + n + stop))
         end = max(end, entry["data_offsets"][1])
     if 8 + n + end > size:
         raise ModelFileError(

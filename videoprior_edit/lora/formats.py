@@ -234,15 +234,12 @@ class _Layout:
 
 
 def _layout(wf: WeightFile) -> _Layout:
-    path = wf.shards[0]
-    with open(path, "rb", buffering=0) as f:
+    """Where the tensors of a checked single file lie (from its parsed header), and the header's bytes."""
+    with open(wf.shards[0], "rb", buffering=0) as f:
         head = f.read(8)
-        (n,) = struct.unpack("<Q", head)
-        head += f.read(n)
+        head += f.read(struct.unpack("<Q", head)[0])
         size = os.fstat(f.fileno()).st_size
-    header = json.loads(head[8:])
-    header.pop("__metadata__", None)
-    entries = sorted((e["data_offsets"][0], e["data_offsets"][1], key) for key, e in header.items())
+    entries = sorted((info.span[0], info.span[1], key) for key, info in wf.infos.items())
     slabs, i = [], 0
     while i < len(entries):
         start, end, j = entries[i][0], entries[i][1], i + 1
@@ -252,9 +249,9 @@ def _layout(wf: WeightFile) -> _Layout:
         for begin, _, key in entries[i:j]:
             info = wf.infos[key]
             items.append((key, info.dtype, info.shape, _strides(info.shape), begin - start))
-        slabs.append((8 + n + start, end - start, items))
+        slabs.append((start, end - start, items))
         i = j
-    return _Layout(wf, head, size, slabs, sorted(header))
+    return _Layout(wf, head, size, slabs, sorted(wf.infos))
 
 
 def read_file(source: str | Path) -> tuple[WeightFile, dict[str, torch.Tensor], bool]:
