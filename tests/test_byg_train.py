@@ -189,6 +189,9 @@ def test_resume_continues_identically(make, tmp_path):
     for k, p in full.params.items():
         assert torch.equal(p, resumed.params[k]), k
         assert torch.equal(full.ema[k], resumed.ema[k]), k
+    (tmp_path / "a" / "checkpoints" / "step-000006.partial").mkdir()  # a save that was interrupted
+    latest = make(tmp_path / "a", resume="latest", **opts)
+    assert latest.step == 4
 
 
 def _apply_saved(kind, models, file, label):

@@ -10,7 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from videoprior_edit.checkpoint import load_training_state, save_training_state
+from videoprior_edit.checkpoint import (
+    load_training_state,
+    prune_checkpoints,
+    save_training_state,
+    step_checkpoints,
+)
 from videoprior_edit.errors import InputError
 
 
@@ -128,6 +133,24 @@ def test_saving_again_replaces_the_folder_and_a_stale_partial_is_ignored(tmp_pat
     tensors, meta = load_training_state(tmp_path / "c", None, optimizer)
     assert meta["step"] == 2 and torch.equal(tensors["w"], torch.zeros(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_step_checkpoints_in_step_order_without_partial_or_unfinished_folders(tmp_path):
+    _, optimizer, _ = _setup()
+    root = tmp_path / "checkpoints"
+    for step in (10, 9, 100):
+        save_training_state(root / f"step-{step:06d}", None, optimizer, {"w": torch.ones(1)}, {"step": step})
+    (root / "step-000200.partial").mkdir()  # an interrupted save
+    (root / "step-000300").mkdir()  # a folder without a finished state
+    (root / "notes").mkdir()
+    assert [p.name for p in step_checkpoints(tmp_path)] == ["step-000009", "step-000010", "step-000100"]
+    assert [p.name for p in step_checkpoints(tmp_path, complete=False)][-1] == "step-000300"
+    prune_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in root.iterdir()) == ["notes", "step-000010", "step-000100", "step-000200.partial",
+                                                      "step-000300"]
+    prune_checkpoints(tmp_path, 0)  # keeps at least one
+    assert [p.name for p in step_checkpoints(tmp_path)] == ["step-000100"]
+    assert step_checkpoints(tmp_path / "nothing") == []
 
 
 def test_an_old_accelerate_checkpoint_is_refused_clearly(tmp_path):

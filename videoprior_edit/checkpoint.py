@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -116,6 +117,22 @@ def read_training_meta(folder) -> dict:
 def is_training_state(folder) -> bool:
     """Whether `folder` holds a (complete) checkpoint written by `save_training_state`."""
     return (Path(folder) / STATE).is_file()
+
+
+def step_checkpoints(output, complete: bool = True) -> list[Path]:
+    """The `<output>/checkpoints/step-N` folders, oldest first (`complete`: only those `save_training_state` finished;
+    an interrupted save's `.partial` folder is never one)."""
+    folder = Path(output) / "checkpoints"
+    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)
+             and (not complete or is_training_state(p))] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def prune_checkpoints(output, keep: int) -> None:
+    """Delete all but the newest `keep` (at least 1) complete checkpoints under `<output>/checkpoints` (call it from
+    the main process; a folder that cannot be deleted is left, the run goes on)."""
+    for old in step_checkpoints(output)[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------- processes

@@ -56,7 +56,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -64,7 +63,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import check_checkpointable, load_training_state, save_training_state
+from ..checkpoint import (
+    check_checkpointable,
+    load_training_state,
+    prune_checkpoints,
+    save_training_state,
+    step_checkpoints,
+)
 from ..errors import InputError, VPEError
 from . import losses as L
 from . import parallel
@@ -506,10 +511,6 @@ class ByGTrainer:
         out.update({f"ema.{k}": parallel.whole(v.detach()).cpu().clone() for k, v in self.ema.items()})
         return out
 
-    def checkpoint_dirs(self) -> list[Path]:
-        folder = Path(self.cfg.output) / "checkpoints"
-        return sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
-
     def save_checkpoint(self) -> Path:
         """`checkpoints/step-N/`: LoRA + EMA (safetensors), optimizer and RNG states, step and config (JSON); no
         pickles (`videoprior_edit.checkpoint`). The oldest beyond `keep_checkpoints` are removed."""
@@ -519,15 +520,14 @@ class ByGTrainer:
                             {"step": self.step, "config": asdict(self.cfg)})
         if acc.is_main_process:
             (path / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2), encoding="utf-8")
-            for old in self.checkpoint_dirs()[:-max(1, self.cfg.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
+            prune_checkpoints(self.cfg.output, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
         return path
 
     def load(self, path: str | Path) -> None:
         """Resume from a checkpoint folder (or "latest"): weights, EMA, optimizer, RNG states and step."""
         if str(path) == "latest":
-            found = self.checkpoint_dirs()
+            found = step_checkpoints(self.cfg.output)
             if not found:
                 raise InputError(f"No checkpoint under {self.cfg.output}/checkpoints.", "Start without --resume.")
             path = found[-1]

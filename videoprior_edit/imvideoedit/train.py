@@ -23,8 +23,6 @@ import argparse
 import hashlib
 import json
 import math
-import re
-import shutil
 import sys
 import time
 import warnings
@@ -36,9 +34,10 @@ from torch import nn
 
 from ..checkpoint import (
     check_checkpointable,
-    is_training_state,
     load_training_state,
+    prune_checkpoints,
     save_training_state,
+    step_checkpoints,
 )
 from ..errors import InputError, VPEError
 from ..sampling import SamplingHook, encode_prompts
@@ -447,14 +446,6 @@ def _save_strip(image: torch.Tensor, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def _checkpoints(opts: TrainOptions, complete: bool = True) -> list[Path]:
-    """The checkpoints/step-N folders, oldest first (`complete`: only those `save_training_state` finished)."""
-    folder = Path(opts.output) / "checkpoints"
-    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)
-             and (is_training_state(p) or not complete)] if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
 def _save(accelerator, adapter, opts: TrainOptions, step: int, optimizer=None) -> Path:
     """The adapter file, and with `optimizer` a checkpoint under checkpoints/step-N (adapter tensors, optimizer,
     RNG: safetensors + JSON, no pickles; see `videoprior_edit.checkpoint`)."""
@@ -464,8 +455,7 @@ def _save(accelerator, adapter, opts: TrainOptions, step: int, optimizer=None) -
         save_training_state(folder, accelerator, optimizer, adapter.state_dict(),
                             {"step": step, "options": asdict(opts)})
         if accelerator.is_main_process:
-            for old in _checkpoints(opts)[: -max(1, opts.keep_checkpoints)]:
-                shutil.rmtree(old)
+            prune_checkpoints(opts.output, opts.keep_checkpoints)
     if accelerator.is_main_process:
         save_adapter(adapter, path, opts.save_dtype)
     accelerator.wait_for_everyone()
@@ -477,7 +467,8 @@ def _resume(accelerator, adapter, optimizer, opts: TrainOptions) -> int:
     resuming."""
     if not opts.resume:
         return 0
-    found = _checkpoints(opts) or _checkpoints(opts, complete=False)  # the latter: say why they cannot be used
+    # complete ones; else the others, to say why they cannot be used
+    found = step_checkpoints(opts.output) or step_checkpoints(opts.output, complete=False)
     folder = (found[-1] if found else None) if opts.resume == "latest" else Path(opts.resume)
     if folder is None or not folder.is_dir():
         raise InputError(f"No checkpoint to resume from ({opts.resume}).",

@@ -5,8 +5,6 @@ checkpoints (`checkpoints/step-N/`: the trainable tensors, optimizer, schedule a
 from __future__ import annotations
 
 import json
-import re
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,10 +12,11 @@ import torch
 from torch import nn
 
 from ..checkpoint import (
-    is_training_state,
     load_training_state,
+    prune_checkpoints,
     read_training_meta,
     save_training_state,
+    step_checkpoints,
 )
 from ..errors import InputError, VPEError
 from .config import _STRUCTURAL, ADAPTER, FULL_FILE, LORA_FILE, TrainConfig, _print
@@ -66,19 +65,6 @@ def save_full(student: nn.Module, path: str | Path, dtype: torch.dtype = torch.b
     return Path(path)
 
 
-# ----------------------------------------------------------------------------------------------- checkpoints
-def checkpoints(output: str | Path) -> list[Path]:
-    """The complete checkpoints under `<output>/checkpoints`, oldest first."""
-    return [p for p in _step_folders(output) if is_training_state(p)]
-
-
-def _step_folders(output: str | Path) -> list[Path]:
-    folder = Path(output) / "checkpoints"
-    found = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)] \
-        if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
 def _info(config: TrainConfig, student, step: int) -> dict:
     return {"method": "video4edit", "base": student.name, "base_file": Path(student.sources.get("model", "")).name,
             "step": step, "config": asdict(config)}
@@ -92,8 +78,7 @@ def _save(accelerator, distiller: Distiller, optimizer, schedule, student, confi
     save_training_state(out / "checkpoints" / f"step-{step:06d}", accelerator, optimizer, tensors,
                         {"step": step, "config": asdict(config)}, schedule)
     if accelerator.is_main_process:
-        for old in checkpoints(out)[:-max(1, config.keep_checkpoints)]:
-            shutil.rmtree(old)
+        prune_checkpoints(out, config.keep_checkpoints)
         from ..models.core import parse_dtype
 
         dtype, info = parse_dtype(config.save_dtype), _info(config, student, step)
@@ -133,10 +118,10 @@ def _resume_folder(accelerator, config: TrainConfig) -> Path | None:
         return None
     if config.resume != "latest":
         return Path(config.resume)
-    found = checkpoints(config.output)
+    found = step_checkpoints(config.output)
     if found:
         return found[-1]
-    older = _step_folders(config.output)
+    older = step_checkpoints(config.output, complete=False)
     if older:  # only old (accelerate, pickled) or incomplete checkpoints: say why they cannot be used
         read_training_meta(older[-1])
     _print(accelerator, f"no checkpoint in {Path(config.output) / 'checkpoints'} yet: starting at step 0")

@@ -82,6 +82,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..checkpoint import (
+    step_checkpoints as checkpoints,  # this module's public name for them
+)
 from ..errors import VPEError
 from .cache import (
     build_cache,
@@ -121,7 +124,7 @@ from .distill import (
     student_positions,
     teacher_block,
 )
-from .outputs import checkpoints, save_full, save_lora
+from .outputs import save_full, save_lora
 from .trainer import train
 
 __all__ = [
