@@ -1,10 +1,21 @@
 """ComfyUI nodes of VideoPrior Edit: thin adapters over the `videoprior_edit` library."""
 
-from . import byg, host, if_edit, imvideoedit, loaders, lora, rewrite, scpr, video4edit
+from . import (
+    byg,
+    host,
+    if_edit,
+    imvideoedit,
+    loaders,
+    lora,
+    native,
+    rewrite,
+    scpr,
+    video4edit,
+)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-for _module in (loaders, lora, if_edit, rewrite, scpr, video4edit, imvideoedit, byg):
+for _module in (native, loaders, lora, if_edit, rewrite, scpr, video4edit, imvideoedit, byg):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 

@@ -66,6 +66,16 @@ def model_choices(kind: str, optional: bool = False) -> list[str]:
     return (["none"] if optional else []) + (names or ([] if optional else ["(no files found)"]))
 
 
+def sampler_choices() -> tuple[list[str], list[str]]:
+    """ComfyUI's sampler and scheduler names (outside ComfyUI: the few the pack's workflows use, so the node
+    schemas can be read without it)."""
+    try:
+        import comfy.samplers
+    except ImportError:
+        return ["euler", "uni_pc", "dpmpp_2m"], ["simple", "normal", "beta"]
+    return list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS)
+
+
 def check_cancel() -> None:
     """Raise ComfyUI's interrupt exception if the user pressed Cancel."""
     if _mm is not None:

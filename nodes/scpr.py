@@ -64,6 +64,12 @@ class SharpestFrame:
             "score": (list(SCORES), {"default": "variance", "tooltip": SCORE_TOOLTIP}),
         }, "optional": {
             "mask": ("MASK", {"tooltip": "Only score this region (white = inside), e.g. the edited object."}),
+            "candidates": ("INT", {"default": 0, "min": 0, "max": 4096, "tooltip": (
+                "Only the last N frames compete: 4 = the frames of the clip's last latent (IF-Edit's candidates "
+                "after a VAE Decode of the whole clip). 0 = every frame.")}),
+            "skip_first": ("BOOLEAN", {"default": False, "tooltip": (
+                "Never pick the first frame: on for a still-video refinement, whose first frame is the input "
+                "re-decoded.")}),
         }}
 
     RETURN_TYPES = ("IMAGE", "INT", "STRING", "IMAGE")
@@ -74,9 +80,14 @@ class SharpestFrame:
     CATEGORY = CATEGORY
     DESCRIPTION = "IF-Edit's frame selection: the frame with the highest Laplacian sharpness, no VLM needed."
 
-    def pick(self, images, score, mask=None):
-        best, scores = sharpest(images, score, mask)
-        return images[best:best + 1], best, _scores_json(scores, best, score), score_plot(scores, best)
+    def pick(self, images, score, mask=None, candidates=0, skip_first=False):
+        first = max(int(skip_first), images.shape[0] - candidates if candidates else 0)
+        if first >= images.shape[0]:
+            first = images.shape[0] - 1  # a single frame: nothing to choose from
+        best, scores = sharpest(images[first:], score, None if mask is None else mask[first:] if mask.shape[0] > 1
+                                else mask)
+        best += first
+        return images[best:best + 1], best, _scores_json(scores, best, score), score_plot(scores, best - first)
 
 
 class StillVideoRefiner:

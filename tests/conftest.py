@@ -43,3 +43,28 @@ def pack():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def comfy(zoo, tmp_path_factory):
+    """A real ComfyUI server (see `comfy_host`) on CPU with the pack and the test stand-in loaders, the tiny zoo as
+    its models (also under the real file names the workflows use) and a picture and a clip in its input/."""
+    import comfy_host
+
+    source = comfy_host.comfyui_source()
+    if source is None:
+        pytest.skip("no ComfyUI tree: set COMFYUI_PATH, or put one in ../shared/comfyui/src")
+    python = comfy_host.comfyui_python()
+    root = tmp_path_factory.mktemp("comfyui")
+    base = root / "base"
+    comfy_host.models_tree(zoo, base / "models")
+    (base / "input").mkdir(parents=True)
+    for name in ("vpe_source.png", "example.png"):
+        comfy_host.source_image().save(base / "input" / name)
+    comfy_host.source_video(base / "input" / "example.mp4", python)
+    server = comfy_host.ComfyServer(comfy_host.writable_copy(source, root), python, base, root / "server.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -40,7 +40,7 @@ def t2v(zoo):
     return load_wan_models(zoo.file("wan21_t2v"), None, zoo.file("umt5"), zoo.file("vae"), dtype="fp32")
 
 
-def _inputs(seed=0, text_dim=32):
+def _inputs(seed=0, text_dim=4096):  # the zoo's Wan takes UMT5-XXL-wide text (4096), as real Wan does
     g = torch.Generator().manual_seed(seed)
     return torch.randn(SHAPE, generator=g), torch.tensor([0.0, 700.0]), torch.randn(1, 512, text_dim, generator=g)
 
@@ -94,14 +94,15 @@ def test_phi_equals_a_direct_per_frame_computation(t2v):
     grid = (3, 3, 4)
     context = JointContext(grid=grid, rope=joint_rope(model.rope, grid))
     attention = model.blocks[0].attn1
-    x = torch.randn(4, 3 * 3 * 4, 24, generator=torch.Generator().manual_seed(0))  # B = 2 pairs
+    d = attention.to_q.in_features  # hidden size
+    x = torch.randn(4, 3 * 3 * 4, d, generator=torch.Generator().manual_seed(0))  # B = 2 pairs
     with torch.no_grad():
-        ours = phi(attention, x, context).view(4, 3, 3, 4, 24)
-        grids = x.view(4, 3, 3, 4, 24)
+        ours = phi(attention, x, context).view(4, 3, 3, 4, d)
+        grids = x.view(4, 3, 3, 4, d)
         for b in range(2):
             for f in range(3):
-                joint = torch.cat([grids[b, f], grids[2 + b, f]], dim=1).reshape(1, 3 * 8, 24)  # H x 2W
-                direct = attention(joint, None, None, context.rope).view(3, 8, 24)
+                joint = torch.cat([grids[b, f], grids[2 + b, f]], dim=1).reshape(1, 3 * 8, d)  # H x 2W
+                direct = attention(joint, None, None, context.rope).view(3, 8, d)
                 assert torch.allclose(ours[b, f], direct[:, :4], atol=1e-6)  # the source half
                 assert torch.allclose(ours[2 + b, f], direct[:, 4:], atol=1e-6)  # the target half
 
@@ -126,7 +127,8 @@ def test_gate_shape_range_and_the_zero_initialised_path(t2v):
     assert torch.equal(sda.predict.to_q.weight, block.attn1.to_q.weight)  # inherited (the paper's init)
     assert torch.equal(sda.update.norm_k.weight, block.attn1.norm_k.weight)
     assert torch.equal(sda.gate_attn.to_k.weight, block.attn2.to_k.weight)
-    delta, text = torch.randn(4, 36, 24), torch.randn(4, 512, 24)
+    d = block.attn1.to_q.in_features
+    delta, text = torch.randn(4, 36, d), torch.randn(4, 512, d)
     gate = sda.gate(delta, text)
     assert gate.shape == delta.shape and gate.min() > 0 and gate.max() < 1
     x, t, text = _inputs()
@@ -188,7 +190,7 @@ def test_adapter_file_round_trip_config_and_base_check(t2v, zoo, tmp_path):
     path = save_adapter(adapter, tmp_path / "a.safetensors", "fp32")
     config = read_config(path)
     assert (config.blocks, config.joint_rope, config.source_timestep, config.dim, config.family) == \
-        ([1], "shared", "same", 24, "t2v")
+        ([1], "shared", "same", 256, "t2v")
     loaded = load_adapter(path, model)
     assert all(torch.equal(a, b) for a, b in zip(adapter.state_dict().values(), loaded.state_dict().values()))
     assert set(loaded.state_dict()) == set(adapter.state_dict()) and all(k.startswith("blocks.1.")
@@ -201,7 +203,7 @@ def test_adapter_file_round_trip_config_and_base_check(t2v, zoo, tmp_path):
                 outs.append(_forward(model, x, t, text))
     assert torch.equal(*outs)
     other = tiny_wan_transformer("t2v", 0, "bench")
-    with pytest.raises(ModelFileError, match=r"trained on .*\(24 wide, 2 blocks\).*\(192 wide, 4 blocks\)"):
+    with pytest.raises(ModelFileError, match=r"trained on .*\(256 wide, 2 blocks\).*\(192 wide, 4 blocks\)"):
         load_adapter(path, other)
     with pytest.raises(ModelFileError, match="not an ImVideoEdit adapter"):
         read_config(zoo.file("lightning_high"))
@@ -249,7 +251,7 @@ def test_editor_nodes_on_9_and_33_frame_sources(pack, t2v, tmp_path, monkeypatch
     monkeypatch.setenv("VPE_MODELS_DIR", str(tmp_path))
     loaded = nodes["VPE_ImVideoEditAdapterLoader"]().load(t2v, "ive.safetensors")
     adapter, info = loaded["result"]
-    assert "24 wide, 2 blocks" in info
+    assert "256 wide, 2 blocks" in info
     editor = nodes["VPE_ImVideoEditVideoEdit"]()
     spec = editor.INPUT_TYPES()
     assert {"frames", "video", "fps", "strength"} <= set(spec["optional"])

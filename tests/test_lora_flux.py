@@ -233,7 +233,7 @@ def test_wan_lora_on_flux_and_flux_lora_of_another_width_are_refused(fz, zoo, tm
     with pytest.raises(ModelFileError) as err:
         apply_lora(model, zoo.file("lightning_high"))
     text = str(err.value)
-    assert "Wan" in text and "2 blocks, hidden size 24" in text and "2 double + 2 single blocks, hidden size 32" in text
+    assert "Wan" in text and "2 blocks, hidden size 256" in text and "2 double + 2 single blocks, hidden size 32" in text
     gen = torch.Generator().manual_seed(0)
     wide = {f"lora_unet_double_blocks_{i}_img_attn_qkv.{s}": torch.randn(*shape, generator=gen)
             for i in range(19) for s, shape in (("lora_down.weight", (4, 3072)), ("lora_up.weight", (9216, 4)))}

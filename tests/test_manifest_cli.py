@@ -232,8 +232,6 @@ def test_models_check_reports_exactly_the_models_a_shipped_workflow_uses(tmp_pat
     root = Path(__file__).resolve().parent.parent / "workflows"
     by_file = {e["file"]: e for e in load_manifest(trained=True)}
     for ui_file in sorted(root.glob("*.json")):
-        if ui_file.name == "core_nodes.json":
-            continue
         ui = json.loads(ui_file.read_text())
         names = workflow_model_files(ui)
         assert names and names == workflow_model_files(json.loads((root / "api" / ui_file.name).read_text()))
@@ -242,8 +240,8 @@ def test_models_check_reports_exactly_the_models_a_shipped_workflow_uses(tmp_pat
                   if line.startswith("MISSING")]
         assert sorted(listed) == sorted(names) and all(n in by_file for n in names), ui_file.name
     broken = json.loads((root / "if_edit_image_edit_no_vlm.json").read_text())
-    node = next(n for n in broken["nodes"] if "wan2.2_i2v_high_noise_14B_fp16.safetensors" in (n["widgets_values"] or []))
-    node["widgets_values"][node["widgets_values"].index("wan2.2_i2v_high_noise_14B_fp16.safetensors")] = "my_wan.safetensors"
+    node = next(n for n in broken["nodes"] if "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors" in (n["widgets_values"] or []))
+    node["widgets_values"][node["widgets_values"].index("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors")] = "my_wan.safetensors"
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     assert main(["models", "check", "--models", str(tmp_path), "--workflow", str(tmp_path / "broken.json")]) == 2
     assert "Not in the manifest: broken.json: my_wan.safetensors" in capsys.readouterr().err

@@ -42,9 +42,22 @@ def test_library_never_imports_comfyui():
         assert not comfy_imports(path), path
 
 
-def test_only_the_host_bridge_touches_comfyui():
+def test_only_the_host_bridge_and_the_native_adapters_touch_comfyui():
+    """The nodes on the pack's own models reach ComfyUI through host.py only; the native nodes (nodes/native/) work
+    on ComfyUI's own objects and import ComfyUI, but only inside the functions that run in it."""
     for path in (REPO / "nodes").rglob("*.py"):
-        assert bool(comfy_imports(path)) == (path.name == "host.py"), path
+        native = path.parent.name == "native"
+        if not native:
+            assert bool(comfy_imports(path)) == (path.name == "host.py"), path
+        if native:
+            top = ast.parse(path.read_text()).body
+            assert not any(isinstance(n, (ast.Import, ast.ImportFrom)) and getattr(n, "level", 0) == 0 and
+                           comfy_imports_of(n) for n in top), path  # importable without ComfyUI
+
+
+def comfy_imports_of(node) -> set[str]:
+    names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    return {n.split(".")[0] for n in names} & COMFY_MODULES
 
 
 def test_host_fallbacks_without_comfyui(pack, zoo, monkeypatch):

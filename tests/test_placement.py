@@ -29,7 +29,7 @@ def plain(zoo):
 def _forward(model) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 36, 2, 4, 4, generator=gen)
-    text = torch.randn(1, 8, 32, generator=gen)
+    text = torch.randn(1, 8, model.config.text_dim, generator=gen)
     with torch.no_grad():
         return model(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text,
                      return_dict=False)[0]
@@ -120,7 +120,7 @@ def test_disk_mode_reloads_with_the_sets_precision_and_fp8_storage(zoo):
     assert models.transformer.blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
 
 
-def _small_lora(path, dim: int = 24, rank: int = 2) -> None:
+def _small_lora(path, dim: int = 256, rank: int = 2) -> None:
     gen = torch.Generator().manual_seed(5)
     key = "diffusion_model.blocks.0.self_attn.q"
     save_file({f"{key}.lora_down.weight": torch.randn(rank, dim, generator=gen),

@@ -157,7 +157,7 @@ def test_rope_positions_match_a_direct_computation(sets):
 
 def test_rope_hook_changes_what_the_transformer_sees(sets):
     model = sets("wan22").transformer
-    x, t, text = torch.randn(1, 36, 4, 6, 8), torch.tensor([500.0]), torch.randn(1, 512, 32)
+    x, t, text = torch.randn(1, 36, 4, 6, 8), torch.tensor([500.0]), torch.randn(1, 512, model.config.text_dim)
 
     def run(positions):
         with temporal_positions(model, positions), torch.no_grad():

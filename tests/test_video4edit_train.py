@@ -159,7 +159,7 @@ def test_losses_finite_and_distillation_reaches_only_the_chosen_blocks(i2v, flf2
 def test_projectors_when_the_teacher_is_wider(i2v, flf2v, dataset, cache_dir, tmp_path):
     from videoprior_edit.zoo import tiny_wan_transformer
 
-    wide = tiny_wan_transformer("flf2v", seed=11, size="bench").requires_grad_(False)  # 4 blocks x 192 vs 2 x 24
+    wide = tiny_wan_transformer("flf2v", seed=11, size="tiny_wide").requires_grad_(False)  # 4 blocks x 384 vs 2 x 256
     config = _config(dataset, cache_dir, tmp_path, distill_blocks="all")
     batch = load_batch(build_cache(i2v, flf2v, dataset, config), [0])  # FLF2V-shaped inputs fit both teachers
     distiller = Distiller(i2v.transformer, wide, config)

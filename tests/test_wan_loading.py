@@ -246,7 +246,7 @@ def test_fp8_weight_storage_halves_linear_memory_and_stays_close(zoo):
     assert small.patch_embedding.weight.dtype == torch.bfloat16
     x = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16)
     t = torch.tensor([500])
-    ctx = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1), dtype=torch.bfloat16)
+    ctx = torch.randn(1, 8, full.config.text_dim, generator=torch.Generator().manual_seed(1), dtype=torch.bfloat16)
     with torch.no_grad():
         a = full(x, t, ctx, return_dict=False)[0].float()
         b = small(x, t, ctx, return_dict=False)[0].float()

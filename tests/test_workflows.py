@@ -38,7 +38,7 @@ def _shipped() -> list[Path]:
 def test_shipped_files_are_what_the_builder_writes(build, tmp_path):
     written = build.build(tmp_path)
     names = {p.name for p in written if p.suffix == ".json" and p.parent == tmp_path}
-    assert names == {p.name for p in _shipped() if p.name != "core_nodes.json"} and names
+    assert names == {p.name for p in _shipped()} and names
     for path in written:
         shipped = WORKFLOWS / path.relative_to(tmp_path)
         assert shipped.is_file(), f"{shipped} is missing: run python workflows/build.py"
@@ -46,7 +46,7 @@ def test_shipped_files_are_what_the_builder_writes(build, tmp_path):
             assert json.loads(shipped.read_text()) == json.loads(path.read_text()), f"{shipped} is stale"
 
 
-@pytest.mark.parametrize("path", [p for p in _shipped() if p.name != "core_nodes.json"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", _shipped(), ids=lambda p: p.stem)
 def test_every_shipped_workflow_is_valid(path, schemas):
     ui = json.loads(path.read_text())
     files = {e["file"].split("/")[-1] for e in load_manifest(trained=True)}  # trained: adapters / ByG LoRAs
@@ -114,7 +114,8 @@ def test_checks_on_a_video_graph(schemas):
     assert api["1"] == {"class_type": "LoadVideo", "inputs": {"file": "clip.mp4"}}  # not the upload button
     assert api["3"]["inputs"]["video"] == ["1", 0] and "frames" not in api["3"]["inputs"]
     assert api["4"]["inputs"]["fps"] == ["3", 1]  # the link replaces the widget's stored 24.0
-    assert api["5"]["inputs"] == {"filename_prefix": "x", "format": "auto", "codec": "auto", "video": ["4", 0]}
+    assert api["5"]["inputs"] == {"filename_prefix": "x", "format": "auto", "format.codec": "auto", "codec": "auto",
+                                  "video": ["4", 0]}  # format: a dynamic combo; its option's codec is "format.codec"
     wrong = g.node("SaveImage", (1200, 400), filename_prefix="y")
     parts = g.node("GetVideoComponents", (800, 400))
     g.link(video, "VIDEO", wrong, "images")  # a VIDEO is not an IMAGE batch

@@ -2,7 +2,7 @@
 `POST /prompt` takes), and checks that a workflow fits the nodes it uses.
 
 Node schemas are given in `/object_info` form (`{"input": {"required": {...}, "optional": {...}}, "output": [...]}`):
-the pack's come from its node classes (`schemas_of`), ComfyUI core nodes from a snapshot (workflows/core_nodes.json).
+the pack's come from its node classes (`schemas_of`), ComfyUI core nodes from a snapshot (workflows/schemas/core_nodes.json).
 How the frontend stores widgets: `widgets_values` lists the node's widget inputs in schema order (required, then
 optional); a seed-like INT is followed by its "control after generate" value, an upload widget (LoadImage,
 LoadVideo) by its button's value; an input with `forceInput`, or of a non-widget type, is a link slot only.
@@ -15,6 +15,7 @@ from .errors import InputError
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 UI_ONLY = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # a V3 combo whose choice brings its own inputs (SaveVideo's format, codec)
 
 
 def schemas_of(node_classes: dict) -> dict:
@@ -33,7 +34,8 @@ def _options(spec: list) -> dict:
 
 def is_widget(spec: list) -> bool:
     kind = spec[0]
-    return isinstance(kind, list) or (kind in WIDGET_TYPES and not _options(spec).get("forceInput"))
+    return isinstance(kind, list) or kind == DYNAMIC_COMBO or (kind in WIDGET_TYPES and
+                                                                not _options(spec).get("forceInput"))
 
 
 def widget_slots(schema: dict, name: str = "") -> list[tuple[str, list]]:
@@ -44,6 +46,9 @@ def widget_slots(schema: dict, name: str = "") -> list[tuple[str, list]]:
         for input_name, spec in schema["input"].get(section, {}).items():
             if not is_widget(spec):
                 continue
+            if spec[0] == DYNAMIC_COMBO:
+                slots += _dynamic_slots(input_name, spec)
+                continue
             slots.append((input_name, spec))
             opts = _options(spec)
             if spec[0] == "INT" and (opts.get("control_after_generate") or input_name in ("seed", "noise_seed")):
@@ -51,6 +56,15 @@ def widget_slots(schema: dict, name: str = "") -> list[tuple[str, list]]:
             if opts.get("image_upload") or opts.get("video_upload"):
                 slots.append((input_name + "#upload", ["STRING", {}]))
     return slots
+
+
+def _dynamic_slots(name: str, spec: list) -> list[tuple[str, list]]:
+    """A dynamic combo as a combo of its option keys, followed by the widgets its first (default) option adds,
+    named "<combo>.<input>" as the API prompt names them (workflows here keep the default choice)."""
+    options = _options(spec)["options"]
+    slots = [(name, ["COMBO", {"options": [o["key"] for o in options], "default": options[0]["key"]}])]
+    inner = widget_slots({"input": options[0]["inputs"]})
+    return slots + [(f"{name}.{inner_name}", inner_spec) for inner_name, inner_spec in inner]
 
 
 def _input_spec(schema: dict, name: str) -> list | None:

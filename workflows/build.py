@@ -12,8 +12,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from videoprior_edit.if_edit import WAN_NEGATIVE
-from videoprior_edit.workflow import Graph, schemas_of, ui_to_api
+from videoprior_edit.if_edit import STILL_PROMPT, WAN_NEGATIVE
+from videoprior_edit.workflow import Graph, is_widget, schemas_of, ui_to_api, widget_slots
 
 
 def pack_nodes() -> dict:
@@ -28,54 +28,41 @@ def pack_nodes() -> dict:
 
 
 def schemas() -> dict:
-    core = {k: v for k, v in json.loads((HERE / "core_nodes.json").read_text()).items() if not k.startswith("_")}
+    core = {k: v for k, v in json.loads((HERE / "schemas" / "core_nodes.json").read_text()).items() if not k.startswith("_")}
     return {**core, **schemas_of(pack_nodes())}
+
+
+class Column:
+    """Nodes stacked top to bottom at `x`, each as tall as its widgets and slots need (so no two boxes overlap)."""
+
+    def __init__(self, g: Graph, x: int, width: int, y: int = 80, gap: int = 60):
+        self.g, self.x, self.width, self.y, self.gap = g, x, width, y, gap
+
+    def add(self, kind: str, title: str, height: int | None = None, **widgets) -> dict:
+        height = height or box_height(self.g.schemas[kind], widgets)
+        node = self.g.node(kind, (self.x, self.y), title, (self.width, height), **widgets)
+        self.y += height + self.gap
+        return node
+
+
+def box_height(schema: dict, widgets: dict) -> int:
+    """A node body tall enough for its link slots / outputs (20 px a row) and its widgets (24 px; a multiline text
+    box 110 px; an image preview 300 px)."""
+    slots = widget_slots(schema)
+    links = sum(1 for section in ("required", "optional") for spec in schema["input"].get(section, {}).values()
+                if not is_widget(spec))
+    rows = max(links, len(schema["output"]))
+    height = 20 * rows + 16
+    for name, spec in slots:
+        multiline = spec[0] == "STRING" and len(spec) > 1 and spec[1].get("multiline")
+        height += 300 if name.endswith("#upload") else 110 if multiline else 24
+    return height
 
 
 def note_size(text: str) -> tuple[int, int]:
     """A note box that shows its whole text in the frontend's default font (no scrolling)."""
     lines = text.splitlines()
     return 7 * max(len(line) for line in lines) + 40, 16 * len(lines) + 60
-
-
-CHRONOEDIT_NOTE = """Video4Edit / ChronoEdit tail-frame edit
-
-The edit is the last frame of a 5-frame clip that starts at your image.
-
-Models (videoprior-edit models download chronoedit --models ComfyUI/models):
-- diffusion_models/chrono_edit_14B_fp16.safetensors (32.8 GB)
-- loras/chronoedit_distill_lora.safetensors (8 steps, CFG 1, shift 2; merged: no extra memory)
-- text_encoders/umt5_xxl_fp16.safetensors (11.4 GB), vae/wan_2.1_vae.safetensors
-- clip_vision/clip_vision_h.safetensors (1.3 GB)
-
-GPU memory per placement (estimates from the weight sizes in bf16, not measured; activations on top):
-- all_on_device: ~46 GB (everything stays on the GPU between runs)
-- one_expert (default): ~33 GB (one big model at a time: UMT5-XXL, CLIP, then ChronoEdit)
-- one_expert_disk: ~33 GB as one_expert; what waits is dropped from RAM and re-read from its file
-- weight_storage fp8_e4m3fn: ~17 GB with one_expert
-- block_offload: ~12 GB while UMT5-XXL encodes the prompt, < 2 GB while sampling (slow)
-
-Tweak: without the distill LoRA use 50 steps, CFG 5, shift 5 (ChronoEdit's defaults). Write the
-instruction plainly ("add a small hat on the cat"). max_side 1280 = 720p."""
-
-
-def chronoedit(g: Graph) -> None:
-    image = g.node("LoadImage", (40, 80), "Source image", (320, 320), image="example.png")
-    loader = g.node("VPE_WanModelLoader", (40, 460), "ChronoEdit-14B", (380, 280),
-                    model="chrono_edit_14B_fp16.safetensors", model_low_noise="none",
-                    text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors",
-                    clip_vision="clip_vision_h.safetensors", precision="bf16", placement="one_expert")
-    lora = g.node("VPE_WanLoraLoader", (460, 460), "8-step distill LoRA", (340, 130),
-                  lora="chronoedit_distill_lora.safetensors", strength=1.0, expert="both")
-    editor = g.node("VPE_TailFrameEditor", (840, 80), "Tail-frame edit", (380, 520),
-                    instruction="add a small red party hat on the cat's head", steps=8, cfg=1.0, shift=2.0,
-                    scheduler="unipc", seed=42)
-    save = g.node("SaveImage", (1260, 80), "Edited image", (360, 380), filename_prefix="videoprior/chronoedit")
-    g.link(image, "IMAGE", editor, "image")
-    g.link(loader, "wan_models", lora, "wan_models")
-    g.link(lora, "wan_models", editor, "wan_models")
-    g.link(editor, "edited", save, "images")
-    g.note(CHRONOEDIT_NOTE, (460, 640), note_size(CHRONOEDIT_NOTE))
 
 
 IF_EDIT_NOTE = """IF-Edit image edit ({what})
@@ -289,12 +276,212 @@ def imvideoedit(g: Graph) -> None:
     g.note(IMVIDEOEDIT_NOTE, (460, 660), note_size(IMVIDEOEDIT_NOTE))
 
 
-WORKFLOWS = {"video4edit_chronoedit_tail_frame_edit": chronoedit,
+NATIVE_MODELS = """Models (videoprior-edit models download if-edit-fp8 --models ComfyUI/models):
+- diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors (14.3 GB)
+- diffusion_models/wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors (14.3 GB)
+- loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors (1.2 GB)
+- loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors (1.2 GB)
+- text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors (6.7 GB), vae/wan_2.1_vae.safetensors (0.25 GB)
+Other files for the same loaders: the _fp16 experts (28.6 GB each, 48 GB+ cards); GGUF experts through
+city96's ComfyUI-GGUF "Unet Loader (GGUF)" (QuantStack/Wan2.2-I2V-A14B-GGUF: about 15 GB per expert
+at Q8_0, 10 GB at Q5_K_M, 9 GB at Q4_K_M: estimates from 14B weights x bits per weight).
+
+GPU memory by card (estimates from the weight sizes, not measured; 480p x 33 frames; ComfyUI loads
+one expert at a time and offloads to RAM what does not fit; both experts wait in RAM: 32 GB+ RAM):
+- 24 GB: the fp8_scaled experts as shipped (one 14.3 GB expert + ~3 GB of activations)
+- 16 GB: fp8_scaled with part of each expert offloaded (slower), or Q5_K_M / Q6_K GGUF experts
+- 12 GB: Q4_K_M or Q3_K_M GGUF experts; stay at 480p and 33 frames"""
+
+IF_EDIT_NATIVE_NOTE = """IF-Edit image edit on ComfyUI's own Wan2.2 nodes ({what})
+
+Chain: {chain} -> Wan2.2-I2V-A14B image-to-video (33 frames, 8 Lightning steps, CFG 1): the
+high-noise expert lays the clip out (steps 0-2), Temporal Latent Dropout keeps latents [0, 3, 6], the
+low-noise expert finishes them (steps 3-7) -> the sharpest of the last latent's 4 frames -> a 9-frame
+still clip of it (same experts, still prompt) -> its sharpest frame (self-consistent refinement).
+
+{models}
+{vlm}
+Tweak: k 1 turns Temporal Latent Dropout off (slower, the same quality per the paper); keep_last keeps
+the clip's last latent; more frames (length) let bigger changes play out; max_side 1280 = 720p."""
+
+NATIVE_VLM = {"openai": VLM_LINES["openai"],
+              "template": "No VLM: the template rewriter turns the instruction into a simple evolution prompt."}
+
+
+def wan22_i2v_native(g: Graph, columns: list[Column]) -> dict:
+    """Source picture, the two experts with their Lightning LoRA and shift 5, UMT5 and the VAE: {name: node}."""
+    pics, loaders, models = columns
+    n = {"image": pics.add("LoadImage", "Source image", image="example.png"),
+         "fit": pics.add("VPE_FitImageForWan", "Fit for Wan (480p)", max_side=832)}
+    for expert in ("high", "low"):
+        n[f"unet_{expert}"] = loaders.add("UNETLoader", f"Wan2.2-I2V {expert}-noise expert",
+                                          unet_name=f"wan2.2_i2v_{expert}_noise_14B_fp8_scaled.safetensors")
+    n["clip"] = loaders.add("CLIPLoader", "UMT5-XXL", clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    n["vae"] = loaders.add("VAELoader", "Wan VAE", vae_name="wan_2.1_vae.safetensors")
+    for expert in ("high", "low"):
+        n[f"lora_{expert}"] = models.add(
+            "VPE_LoraLoaderModelOnly", f"Lightning ({expert} noise)",
+            lora_name=f"wan2.2_i2v_lightx2v_4steps_lora_v1_{expert}_noise.safetensors", strength_model=1.0)
+        n[f"shift_{expert}"] = models.add("ModelSamplingSD3", f"Shift 5 ({expert} noise)", shift=5.0)
+        g.link(n[f"unet_{expert}"], "MODEL", n[f"lora_{expert}"], "model")
+        g.link(n[f"lora_{expert}"], "model", n[f"shift_{expert}"], "model")
+    g.link(n["image"], "IMAGE", n["fit"], "image")
+    return n
+
+
+def ksampler(column: Column, title: str, first: bool, start: int, end: int, steps: int = 8, cfg: float = 1.0) -> dict:
+    return column.add("KSamplerAdvanced", title, add_noise="enable" if first else "disable", noise_seed=42,
+                      steps=steps, cfg=cfg, sampler_name="euler", scheduler="simple", start_at_step=start,
+                      end_at_step=end, return_with_leftover_noise="enable" if first else "disable")
+
+
+def link_sampler(g: Graph, node: dict, model: tuple, cond: tuple, latent: tuple) -> None:
+    """Connect a sampler to (model node, output), (conditioning node, positive out, negative out), (latent out)."""
+    g.link(model[0], model[1], node, "model")
+    g.link(cond[0], cond[1], node, "positive")
+    g.link(cond[0], cond[2], node, "negative")
+    g.link(latent[0], latent[1], node, "latent_image" if node["type"] == "KSamplerAdvanced" else "latent")
+
+
+def if_edit_native(g: Graph, backend: str) -> None:
+    cols = [Column(g, x, w) for x, w in ((40, 340), (420, 400), (860, 380), (1280, 420), (1740, 380), (2160, 360),
+                                         (2560, 420), (3020, 380))]
+    n = wan22_i2v_native(g, cols[:3])
+    prompts, sampling, pick, still, final = cols[3:]
+    if backend == "openai":
+        rewrite = prompts.add("VPE_PromptRewriter", "Evolution prompt (VLM)", height=560,
+                              instruction="take the paper card out of her hand", mode="edit", backend=backend,
+                              local_model="none", seed=0)
+        g.link(n["fit"], "image", rewrite, "image")
+    else:
+        rewrite = prompts.add("VPE_PromptRewriter", "Evolution prompt (template)", height=560,
+                              instruction="take the paper card out of her hand", mode="edit", backend=backend,
+                              local_model="none", seed=0)
+    positive = prompts.add("CLIPTextEncode", "Evolution prompt (encoded)", height=150, text="")
+    negative = prompts.add("CLIPTextEncode", "Negative prompt", text=WAN_NEGATIVE)
+    i2v = prompts.add("WanImageToVideo", "33-frame clip from the picture", length=33)
+    for src, out, dst, name in ((rewrite, "prompt", positive, "text"), (n["clip"], "CLIP", positive, "clip"),
+                                (n["clip"], "CLIP", negative, "clip"), (positive, "CONDITIONING", i2v, "positive"),
+                                (negative, "CONDITIONING", i2v, "negative"), (n["vae"], "VAE", i2v, "vae"),
+                                (n["fit"], "image", i2v, "start_image"), (n["fit"], "width", i2v, "width"),
+                                (n["fit"], "height", i2v, "height")):
+        g.link(src, out, dst, name)
+    if backend == "openai":  # the three pieces, visible
+        high = ksampler(sampling, "High-noise expert: steps 0-2", True, 0, 3)
+        link_sampler(g, high, (n["shift_high"], "MODEL"), (i2v, "positive", "negative"), (i2v, "latent"))
+        tld = sampling.add("VPE_TemporalLatentDropout", "Temporal Latent Dropout", k=3)
+        link_sampler(g, tld, (n["shift_low"], "MODEL"), (i2v, "positive", "negative"), (high, "LATENT"))
+        low = ksampler(sampling, "Low-noise expert: steps 3-7", False, 3, 10000)
+        link_sampler(g, low, (tld, "model"), (tld, "positive", "negative"), (tld, "latent"))
+        edited = (low, "LATENT")
+    else:  # the same three in one box
+        box = sampling.add("VPE_IFEditSampler", "IF-Edit Sampler (two experts + TLD)", seed=42)
+        for src, out, name in ((n["shift_high"], "MODEL", "model_high_noise"), (n["shift_low"], "MODEL",
+                                "model_low_noise"), (i2v, "positive", "positive"), (i2v, "negative", "negative"),
+                               (i2v, "latent", "latent")):
+            g.link(src, out, box, name)
+        edited = (box, "latent")
+    decode = pick.add("VAEDecode", "Decode the clip")
+    sharp = pick.add("VPE_SharpestFrame", "Sharpest of the last latent's 4", candidates=4)
+    still_text = still.add("CLIPTextEncode", "Still-video prompt", height=190, text=STILL_PROMPT)
+    still_i2v = still.add("WanImageToVideo", "9-frame still clip", length=9)
+    still_high = ksampler(still, "Still clip: high-noise steps 0-2", True, 0, 3)
+    still_low = ksampler(still, "Still clip: low-noise steps 3-7", False, 3, 10000)
+    decode_still = final.add("VAEDecode", "Decode the still clip")
+    best = final.add("VPE_SharpestFrame", "Sharpest still frame (SCPR)", skip_first=True)
+    save = final.add("SaveImage", "Edited image", height=340, filename_prefix="videoprior/if_edit")
+    for src, out, dst, name in ((edited[0], edited[1], decode, "samples"), (n["vae"], "VAE", decode, "vae"),
+                                (decode, "IMAGE", sharp, "images"), (n["clip"], "CLIP", still_text, "clip"),
+                                (still_text, "CONDITIONING", still_i2v, "positive"),
+                                (negative, "CONDITIONING", still_i2v, "negative"), (n["vae"], "VAE", still_i2v, "vae"),
+                                (sharp, "frame", still_i2v, "start_image"), (n["fit"], "width", still_i2v, "width"),
+                                (n["fit"], "height", still_i2v, "height"), (n["vae"], "VAE", decode_still, "vae"),
+                                (decode_still, "IMAGE", best, "images"), (best, "frame", save, "images")):
+        g.link(src, out, dst, name)
+    link_sampler(g, still_high, (n["shift_high"], "MODEL"), (still_i2v, "positive", "negative"), (still_i2v, "latent"))
+    link_sampler(g, still_low, (n["shift_low"], "MODEL"), (still_i2v, "positive", "negative"), (still_high, "LATENT"))
+    g.link(still_low, "LATENT", decode_still, "samples")
+    what = "full chain with a VLM rewriter" if backend == "openai" else "no VLM: template rewriter, one-box sampler"
+    chain = ("a VLM turns the instruction into an evolution prompt" if backend == "openai" else
+             "the template rewriter turns the instruction into an evolution prompt")
+    text = IF_EDIT_NATIVE_NOTE.format(what=what, chain=chain, models=NATIVE_MODELS, vlm=NATIVE_VLM[backend])
+    g.note(text, (40, max(c.y for c in cols[:3]) + 40), note_size(text))
+
+
+CHRONOEDIT_NATIVE_NOTE = """ChronoEdit tail-frame edit with temporal reasoning, on ComfyUI's own nodes
+
+The edit is the last frame of a short clip that starts at your picture (Video4Edit / ChronoEdit). With
+temporal reasoning the model first denoises a 29-frame clip (steps 0-3: it reasons through the change
+over time), End Temporal Reasoning then keeps only the first and last latent frames, and steps 4-7
+finish the edit on those two at ChronoEdit's positions (0 and 7). Decode -> the last frame.
+
+Models (videoprior-edit models download chronoedit --models ComfyUI/models):
+- diffusion_models/chrono_edit_14B_fp16.safetensors (32.8 GB; weight_dtype fp8_e4m3fn on the loader
+  stores it in 16.4 GB)
+- loras/chronoedit_distill_lora.safetensors (8 steps, CFG 1, shift 2)
+- text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors (6.7 GB), vae/wan_2.1_vae.safetensors (0.25 GB)
+- clip_vision/clip_vision_h.safetensors (1.3 GB)
+
+GPU memory by card (estimates from the weight sizes, not measured; 720p; ComfyUI offloads to RAM what
+does not fit; 48 GB+ RAM for the fp16 file):
+- 48 GB+: fp16 weights as shipped
+- 24 GB: weight_dtype fp8_e4m3fn (16.4 GB of weights + activations of the 29-frame reasoning clip)
+- 16 GB and 12 GB: fp8_e4m3fn with part of the model offloaded (slow), max_side 832, or no reasoning
+
+Tweak: no reasoning = length 5 on the clip node, bypass End Temporal Reasoning; ChronoEdit's own default
+reasons for every step (end_at_step 8 on the first sampler). Without the distill LoRA: 50 steps, CFG 5,
+shift 5. Write the instruction plainly ("add a small hat on the cat")."""
+
+
+def chronoedit_native(g: Graph) -> None:
+    pics, loaders, models, prompts, sampling, final = (
+        Column(g, x, w) for x, w in ((40, 340), (420, 400), (860, 380), (1280, 420), (1740, 400), (2180, 380)))
+    image = pics.add("LoadImage", "Source image", image="example.png")
+    fit = pics.add("VPE_FitImageForWan", "Fit for Wan (720p)", max_side=1280)
+    unet = loaders.add("UNETLoader", "ChronoEdit-14B", unet_name="chrono_edit_14B_fp16.safetensors")
+    clip = loaders.add("CLIPLoader", "UMT5-XXL", clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    vae = loaders.add("VAELoader", "Wan VAE", vae_name="wan_2.1_vae.safetensors")
+    vision = loaders.add("CLIPVisionLoader", "CLIP ViT-H", clip_name="clip_vision_h.safetensors")
+    lora = models.add("VPE_LoraLoaderModelOnly", "8-step distill LoRA", lora_name="chronoedit_distill_lora.safetensors",
+                      strength_model=1.0)
+    shift = models.add("ModelSamplingSD3", "Shift 2 (distilled)", shift=2.0)
+    chrono = models.add("VPE_ChronoEditPositions", "ChronoEdit temporal positions")
+    positive = prompts.add("CLIPTextEncode", "Edit instruction", height=150,
+                           text="add a small red party hat on the cat's head")
+    negative = prompts.add("CLIPTextEncode", "Negative prompt", text="")
+    seen = prompts.add("CLIPVisionEncode", "The picture for CLIP", crop="center")
+    i2v = prompts.add("WanImageToVideo", "29-frame reasoning clip", length=29)
+    reason = ksampler(sampling, "Temporal reasoning: steps 0-3", True, 0, 4)
+    keep = sampling.add("VPE_ChronoEditTemporalReasoning", "End Temporal Reasoning")
+    edit = ksampler(sampling, "Edit: steps 4-7 on first + last", False, 4, 10000)
+    decode = final.add("VAEDecode", "Decode")
+    last = final.add("VPE_SharpestFrame", "Last frame", candidates=1)
+    save = final.add("SaveImage", "Edited image (last frame)", height=340, filename_prefix="videoprior/chronoedit")
+    for src, out, dst, name in ((image, "IMAGE", fit, "image"), (unet, "MODEL", lora, "model"),
+                                (lora, "model", shift, "model"), (shift, "MODEL", chrono, "model"),
+                                (clip, "CLIP", positive, "clip"), (clip, "CLIP", negative, "clip"),
+                                (vision, "CLIP_VISION", seen, "clip_vision"), (fit, "image", seen, "image"),
+                                (positive, "CONDITIONING", i2v, "positive"), (negative, "CONDITIONING", i2v, "negative"),
+                                (vae, "VAE", i2v, "vae"), (seen, "CLIP_VISION_OUTPUT", i2v, "clip_vision_output"),
+                                (fit, "image", i2v, "start_image"), (fit, "width", i2v, "width"),
+                                (fit, "height", i2v, "height"), (vae, "VAE", decode, "vae"),
+                                (decode, "IMAGE", last, "images"), (last, "frame", save, "images")):
+        g.link(src, out, dst, name)
+    link_sampler(g, reason, (chrono, "model"), (i2v, "positive", "negative"), (i2v, "latent"))
+    link_sampler(g, keep, (chrono, "model"), (i2v, "positive", "negative"), (reason, "LATENT"))
+    link_sampler(g, edit, (keep, "model"), (keep, "positive", "negative"), (keep, "latent"))
+    g.link(edit, "LATENT", decode, "samples")
+    g.note(CHRONOEDIT_NATIVE_NOTE, (40, max(c.y for c in (pics, loaders, models)) + 40),
+           note_size(CHRONOEDIT_NATIVE_NOTE))
+
+
+WORKFLOWS = {"if_edit_image_edit_full": lambda g: if_edit_native(g, "openai"),
+             "if_edit_image_edit_no_vlm": lambda g: if_edit_native(g, "template"),
+             "video4edit_chronoedit_tail_frame_edit": chronoedit_native,
+             "if_edit_image_edit_own_loaders": lambda g: if_edit(g, "template"),
              "byg_image_edit_flux_lora": byg_image,
              "byg_video_edit_wan22_t2v_lora": byg_video,
-             "imvideoedit_spatial_difference_video_edit": imvideoedit,
-             "if_edit_image_edit_full": lambda g: if_edit(g, "openai"),
-             "if_edit_image_edit_no_vlm": lambda g: if_edit(g, "template")}
+             "imvideoedit_spatial_difference_video_edit": imvideoedit}
 
 
 def thumbnail(ui: dict, path: Path, title: str) -> None:

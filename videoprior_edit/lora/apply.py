@@ -57,9 +57,10 @@ class LoraReport:
     keys: tuple[int, int] = (0, 0)  # keys of the matched modules, keys in the file
     merged: bool = True
     adapter: str | None = None  # unmerged: the name set_lora_strength / remove_lora take
+    how: str | None = None  # what was done, when neither merged nor unmerged says it (ComfyUI weight patches)
 
     def summary(self) -> str:
-        how = "merged into" if self.merged else "added unmerged to"
+        how = self.how or ("merged into" if self.merged else "added unmerged to")
         return (f"LoRA '{self.name}'{f' ({self.format})' if self.format else ''} at strength {self.strength:g} {how} "
                 f"{self.where()}{self.details()}.")
 
@@ -101,6 +102,14 @@ class Plan:
 def plan(model: nn.Module, lora: LoraFile, target: str = "model") -> Plan:
     """Match every module of `lora` to `model`; refuse a LoRA made for another base (or of a kind this loader does
     not read) before anything changes."""
+    params = dict(model.named_parameters())
+    report, matched = match(lora, ModelNames.of(params), target, lambda: describe_model(model))
+    return Plan(report, [piece for _, pieces in matched for piece in pieces], params)
+
+
+def match(lora: LoraFile, names: ModelNames, target: str, description) -> tuple[LoraReport, list[tuple]]:
+    """`(report, [(delta, pieces), ...])`: where each module of `lora` goes in the model `names` lists; a LoRA of a
+    kind this loader does not read, or made for another base, is refused (`description()` names the model)."""
     if lora.unsupported:
         kinds = ", ".join(f"{k} ({n} tensors)" for k, n in lora.unsupported.items())
         raise ModelFileError(f"'{lora.name}' holds {kinds}, which this loader does not apply.",
@@ -110,27 +119,25 @@ def plan(model: nn.Module, lora: LoraFile, target: str = "model") -> Plan:
         what = "only text-encoder LoRA keys" if lora.skipped else wan_keys.describe_checkpoint(lora.keys)
         raise ModelFileError(f"'{lora.name}' holds no LoRA tensors for a diffusion model; it is {what}.",
                              "Pick a LoRA file (lora_down/lora_up or lora_A/lora_B tensors) in the LoRA input.")
-    params = dict(model.named_parameters())
-    names = ModelNames.of(params)
-    pieces, unmatched, keys = [], [], 0
+    matched, unmatched, keys = [], [], 0
     for delta in lora.deltas.values():
         found = names.pieces(delta)
         if found is None:
             unmatched.append(delta.source)
         else:
-            pieces += found
+            matched.append((delta, found))
             keys += len(delta.keys)
     total = len(lora.deltas)
     report = LoraReport(lora.name, 0.0, target, total - len(unmatched), total, unmatched, list(lora.ignored),
                         len(lora.skipped), lora.describe(), (keys, len(lora.keys)))
     if 2 * report.matched < report.total:
         raise ModelFileError(
-            f"LoRA '{lora.name}' does not fit the {target} ({describe_model(model)}): only {report.matched} of its "
+            f"LoRA '{lora.name}' does not fit the {target} ({description()}): only {report.matched} of its "
             f"{report.total} modules have a place in it (e.g. not {', '.join(unmatched[:2])}). It seems made for "
             f"{apparent_base(lora)}.",
             "Use a LoRA trained for this model (its download page names the base model), or load the model it was "
             "made for.")
-    return Plan(report, pieces, params)
+    return report, matched
 
 
 def _source_name(source, name: str | None) -> str:

@@ -51,11 +51,13 @@ class SamplerState:
     def frame_positions(self) -> list[int]:
         return list(range(self.num_frames)) if self.positions is None else list(self.positions)
 
-    def select_frames(self, indices: list[int], solver: str = "slice", positions: str = "original") -> None:
+    def select_frames(self, indices: list[int], solver: str = "slice",
+                      positions: str | list[int] = "original") -> None:
         """Keep only latent frames `indices`, consistently in the latents, the condition and the solver state.
 
         solver: "slice" keeps the multistep history of the kept frames, "reset" restarts the solver at first order.
-        positions: "original" keeps each kept frame's temporal RoPE position, "compact" renumbers them 0..n-1.
+        positions: "original" keeps each kept frame's temporal RoPE position, "compact" renumbers them 0..n-1, a list
+        gives the kept frames' positions (see `frames.FramePlan`).
         """
         frames, old_positions = self.num_frames, self.frame_positions()
         index = torch.tensor(indices, dtype=torch.long)
@@ -69,7 +71,10 @@ class SamplerState:
                 sliced = _slice_frames(value, index, frames)
                 if sliced is not value:
                     setattr(self.scheduler, name, sliced)
-        self.positions = [old_positions[i] for i in indices] if positions == "original" else None
+        if isinstance(positions, list):
+            self.positions = None if positions == list(range(len(indices))) else list(positions)
+        else:
+            self.positions = [old_positions[i] for i in indices] if positions == "original" else None
 
 
 class SamplingHook:

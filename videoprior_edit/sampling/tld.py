@@ -18,28 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
+from .frames import ROPE_MODES, check_stride, kept_indices, output_frames, tld_plan
 from .state import SamplerState, SamplingHook
 
-ROPE_MODES = ("original", "compact")
 SOLVER_MODES = ("slice", "reset")
-
-
-def kept_indices(num_latent_frames: int, k: int, keep_last: bool = False) -> list[int]:
-    """Latent frames TLD keeps: 0, K, 2K, ... (and the last one when `keep_last`)."""
-    kept = list(range(0, num_latent_frames, k))
-    if keep_last and kept[-1] != num_latent_frames - 1:
-        kept.append(num_latent_frames - 1)
-    return kept
-
-
-def output_frames(num_latent_frames: int) -> int:
-    """Frames the Wan VAE decodes from `num_latent_frames` latents: 1 + 4 (F' - 1)."""
-    return 1 + 4 * (num_latent_frames - 1)
+__all__ = ["ROPE_MODES", "SOLVER_MODES", "TemporalLatentDropout", "kept_indices", "output_frames"]
 
 
 @dataclass
 class TemporalLatentDropout(SamplingHook):
-    """The TLD hook for the Wan sampling loop (K=1 turns it off)."""
+    """The TLD hook for the Wan sampling loop (K=1 turns it off). Which frames and positions: `frames.tld_plan`,
+    shared with the ComfyUI node that does the same between two samplers."""
 
     k: int = 3
     threshold: float = 0.9
@@ -48,8 +37,7 @@ class TemporalLatentDropout(SamplingHook):
     solver: str = "slice"
 
     def __post_init__(self):
-        if int(self.k) != self.k or self.k < 1:
-            raise InputError(f"TLD stride K must be a whole number >= 1 (got {self.k}).", "The paper uses K=3.")
+        check_stride(self.k, self.k + 1)
         if not 0 < self.threshold <= 1:
             raise InputError(f"TLD threshold must be in (0, 1] (got {self.threshold}).",
                              "It is a fraction of the 1000 training timesteps; 0.9 = Wan2.2-I2V's expert switch.")
@@ -60,10 +48,7 @@ class TemporalLatentDropout(SamplingHook):
 
     def check(self, num_latent_frames: int, num_frames: int) -> None:
         """Refuse a K that would keep nothing but the first frame."""
-        if self.k > 1 and self.k > num_latent_frames - 1:
-            raise InputError(f"TLD stride K={self.k} is larger than the clip: {num_frames} frames are "
-                             f"{num_latent_frames} latent frames, so K can be at most {num_latent_frames - 1}.",
-                             "Lower K, or use more frames (the paper: 33 frames, K=3).")
+        check_stride(self.k, num_latent_frames)
 
     def start(self, state: SamplerState) -> None:
         self.kept = None
@@ -72,6 +57,7 @@ class TemporalLatentDropout(SamplingHook):
     def before_step(self, state: SamplerState) -> None:
         if self.k == 1 or self.kept is not None or float(state.t) >= self.threshold * 1000:
             return
-        self.kept = kept_indices(state.num_frames, self.k, self.keep_last)
-        state.select_frames(self.kept, solver=self.solver, positions=self.rope)
+        plan = tld_plan(state.num_frames, self.k, self.keep_last, self.rope, state.positions)
+        self.kept = plan.kept
+        state.select_frames(plan.kept, solver=self.solver, positions=plan.positions)
         state.notes.append(f"TLD at step {state.step} (t={float(state.t):.1f}): kept latent frames {self.kept}")

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..sampling.frames import chronoedit_positions
 from ..sampling.loop import compute_dtype
 from ..sampling.rope import temporal_positions
 from ..sampling.schedules import NUM_TRAIN_TIMESTEPS
 from .config import ADAPTER, DEFAULT_LORA_TARGETS, TrainConfig
-from .editor import CHRONOEDIT_SKIP, is_chronoedit
+from .editor import is_chronoedit
 
 
 # ----------------------------------------------------------------------------------------------- blocks & features
@@ -213,7 +214,7 @@ def student_positions(models, config: TrainConfig) -> list[int] | None:
     students (as the tail-frame editor samples them), else Wan's own (None)."""
     latents = (config.frames - 1) // 4 + 1
     chrono = config.positions == "chronoedit" or (config.positions == "auto" and is_chronoedit(models))
-    return [0, CHRONOEDIT_SKIP - 1] if chrono and latents == 2 else None
+    return chronoedit_positions(latents) if chrono else None
 
 
 

@@ -16,10 +16,14 @@ from ..errors import InputError
 from ..images import fit_image, resize, round_frames
 from ..sampling import Guidance, SamplerState, SamplingHook, sample_i2v
 from ..sampling.condition import decode_tail, image_from_pixels
+from ..sampling.frames import (
+    CHRONOEDIT_ROPE_MODES,
+    chronoedit_positions,
+    reasoning_plan,
+)
 from ..sampling.loop import placement_of
 
 POSITIONS = ("auto", "consecutive", "chronoedit")
-CHRONOEDIT_SKIP = 8  # ChronoEdit puts a 2-latent clip's frames at temporal positions 0 and 7 (rope_temporal_skip_len)
 PRESETS = {"chronoedit": {"steps": 50, "cfg": 5.0, "shift": 5.0},
            "chronoedit_distilled": {"steps": 8, "cfg": 1.0, "shift": 2.0},
            "flf2v": {"steps": 50, "cfg": 5.0, "shift": 16.0}}
@@ -40,12 +44,25 @@ class ChronoEditPositions(SamplingHook):
     """ChronoEdit's temporal RoPE: a clip of two latent frames sits at positions 0 and 7, as if the frames between
     had been dropped (its `ChronoEditRotaryPosEmbed`); longer clips keep 0..F-1."""
 
-    def __init__(self, skip: int = CHRONOEDIT_SKIP):
-        self.skip = skip
-
     def start(self, state: SamplerState) -> None:
-        if state.num_frames == 2:
-            state.positions = [0, self.skip - 1]
+        state.positions = chronoedit_positions(state.num_frames)
+
+
+class TemporalReasoning(SamplingHook):
+    """ChronoEdit's temporal reasoning (diffusers `ChronoEditPipeline(enable_temporal_reasoning=True)`): the clip is
+    sampled in full for the first `steps` steps (the model reasons through the change over time), then only its first
+    and last latent frames go on (`frames.reasoning_plan`; solver history sliced alike), at ChronoEdit's positions."""
+
+    def __init__(self, steps: int, rope: str = "chronoedit"):
+        if rope not in CHRONOEDIT_ROPE_MODES:
+            raise InputError(f"Unknown temporal positions '{rope}'.", f"Use one of: {', '.join(CHRONOEDIT_ROPE_MODES)}.")
+        self.steps, self.rope = steps, rope
+
+    def before_step(self, state: SamplerState) -> None:
+        if state.step == self.steps and state.num_frames > 2:
+            plan = reasoning_plan(state.num_frames, self.rope, state.positions)
+            state.select_frames(plan.kept, positions=plan.positions)
+            state.notes.append(f"temporal reasoning for {self.steps} steps, then {plan.describe()}")
 
 
 def is_chronoedit(models) -> bool:
@@ -59,22 +76,30 @@ def is_chronoedit(models) -> bool:
 def edit_tail_frame(models, image: torch.Tensor, instruction: str, negative_prompt: str = "", frames: int = 5,
                     steps: int = 50, cfg: float = 5.0, shift: float = 5.0, scheduler: str = "unipc", seed: int = 0,
                     decode_clip: bool = False, size_mode: str = "resize", max_side: int = 0,
-                    positions: str = "auto", progress=None) -> TailEdit:
+                    positions: str = "auto", reasoning_steps: int = 0, progress=None) -> TailEdit:
     """Edit `image` (IMAGE `(1, H, W, C)`) with an I2V model as the last frame of a `frames`-long clip (5 = two
     latent frames, the shortest useful clip). Only the last latent's frames are decoded unless `decode_clip`.
     `positions`: "chronoedit" uses ChronoEdit's temporal RoPE (see `ChronoEditPositions`), "consecutive" Wan's,
-    "auto" picks ChronoEdit's for ChronoEdit models."""
+    "auto" picks ChronoEdit's for ChronoEdit models. `reasoning_steps` > 0: ChronoEdit's temporal reasoning (a
+    longer clip, e.g. 29 frames, for that many steps, then only its first and last latent; see
+    `TemporalReasoning`)."""
     if positions not in POSITIONS:
         raise InputError(f"Unknown positions '{positions}'.", f"Use one of: {', '.join(POSITIONS)}.")
     frames, frame_note = round_frames(frames)
+    if reasoning_steps and frames <= 5:
+        raise InputError(f"Temporal reasoning needs a clip longer than {frames} frames.",
+                         "ChronoEdit reasons on 29 frames; or set the reasoning steps to 0.")
     fitted, fit = fit_image(image[:1], size_mode, max_side)
     chrono = positions == "chronoedit" or (positions == "auto" and is_chronoedit(models))
+    hooks = [ChronoEditPositions()] if chrono else []
+    if reasoning_steps:
+        hooks.append(TemporalReasoning(reasoning_steps, "chronoedit" if chrono else "original"))
     result = sample_i2v(models, fitted, instruction, negative_prompt, frames, steps, scheduler, shift, Guidance(cfg),
-                        seed, progress=progress, decode_video=decode_clip,
-                        hooks=[ChronoEditPositions()] if chrono else [])
+                        seed, progress=progress, decode_video=decode_clip, hooks=hooks)
     video = result.video if decode_clip else _tail(models, result.latents)
     clip = fit.restore(image_from_pixels(video))
     notes = [n for n in (frame_note, fit.note) if n] + (["ChronoEdit temporal positions"] if chrono else [])
+    notes += result.notes
     return TailEdit(clip[-1:], clip, result.latents.cpu(), notes)
 
 
