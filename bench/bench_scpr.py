@@ -41,7 +41,7 @@ def timed(fn, repeat: int = 5) -> float:
 
 def scoring_vs_step(root: Path) -> None:
     models = load_bench_set(write_bench_set(root, "bench"))
-    x, text = torch.randn(1, 36, 9, 16, 16), torch.randn(1, 512, 32)
+    x, text = torch.randn(1, 36, 9, 16, 16), torch.randn(1, 512, models.transformer.config.text_dim)
     with torch.no_grad():
         step = timed(lambda: models.transformer(hidden_states=x, timestep=torch.tensor([500.0]),
                                                 encoder_hidden_states=text, return_dict=False))

@@ -12,6 +12,7 @@ from ..videoprior_edit.rewrite import (
     PRECISIONS,
     generation_tokens,
     make_backend,
+    request_for_vlm,
     rewrite_prompt,
 )
 from . import host
@@ -50,7 +51,8 @@ class PromptRewriter:
             "backend": (list(BACKENDS), {"default": "local", "tooltip": (
                 "local: a Qwen-VL model folder from models/LLM run here. openai: an OpenAI-compatible chat server "
                 "(Ollama, vLLM, LM Studio, llama.cpp server, hosted APIs). template: no model, a simple evolution "
-                "prompt from the instruction alone.")}),
+                "prompt from the instruction alone. generated_text: ComfyUI's own Generate Text node ran the VLM "
+                "(connect its answer to vlm_answer); the answer is cleaned and checked here.")}),
             "local_model": (host.model_choices("LLM", optional=True), {"tooltip": (
                 "local backend: a Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE folder in models/LLM, e.g. "
                 "Qwen3-VL-8B-Instruct (the paper: Qwen3-VL-30B-A3B-Instruct). Press 'r' after adding one.")}),
@@ -64,6 +66,10 @@ class PromptRewriter:
             "wan_models": (WAN_MODELS, {"tooltip": (
                 "Optional: the Wan model set, only to count prompt tokens exactly with its UMT5 tokenizer (else a "
                 "safe estimate is used).")}),
+            "vlm_answer": ("STRING", {"forceInput": True, "tooltip": (
+                "generated_text backend: the generated_text output of ComfyUI's Generate Text node (a Qwen3-VL or "
+                "Qwen2.5-VL loaded with ComfyUI's own loader, so ComfyUI manages its memory; its prompt from "
+                "Evolution Prompt Request).")}),
             "max_tokens": ("INT", {"default": 220, "min": 16, "max": 512, "tooltip": (
                 "Longest prompt, in the video model's (UMT5) tokens; Wan reads at most 512. Longer answers are cut "
                 "at a sentence end.")}),
@@ -107,7 +113,8 @@ class PromptRewriter:
     DESCRIPTION = ("IF-Edit's chain-of-thought prompt augmentation: a VLM looks at the image and the instruction and "
                    "writes how the scene evolves over time, keeping everything else unchanged.")
 
-    def rewrite(self, instruction, mode, backend, local_model, seed, image=None, wan_models=None, max_tokens=220,
+    def rewrite(self, instruction, mode, backend, local_model, seed, image=None, wan_models=None, vlm_answer=None,
+                max_tokens=220,
                 temperature=0.7, on_failure="template", local_model_path="", precision="auto", device="auto",
                 keep_loaded=False, api_base_url="http://127.0.0.1:11434/v1", api_model="qwen3-vl:8b",
                 api_key_env="", timeout=120, retries=2):
@@ -116,6 +123,8 @@ class PromptRewriter:
             settings = _local_settings(local_model, local_model_path, precision, device, keep_loaded, temperature)
         elif backend == "openai":
             settings = _openai_settings(api_base_url, api_model, api_key_env, timeout, retries, temperature)
+        elif backend == "generated_text":
+            settings = {"text": vlm_answer}
         chosen = make_backend(backend, **settings)
         if backend == "local":
             host.free_memory()
@@ -129,5 +138,35 @@ class PromptRewriter:
         return {"ui": {"text": [text]}, "result": (result.prompt, result.raw)}
 
 
-NODE_CLASS_MAPPINGS = {"VPE_PromptRewriter": PromptRewriter}
-NODE_DISPLAY_NAME_MAPPINGS = {"VPE_PromptRewriter": "Evolution Prompt Rewriter (IF-Edit)"}
+class RewriterRequest:
+    """The rewriter's request as one message, for ComfyUI's own Generate Text node."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "instruction": ("STRING", {"multiline": True, "default": "", "tooltip": (
+                "What should change, e.g. 'take the paper out of her hand'.")}),
+            "mode": (list(MODES), {"default": "edit", "tooltip": (
+                "edit: how the picture evolves toward the edit; still: the picture as a perfectly still video.")}),
+        }, "optional": {
+            "max_tokens": ("INT", {"default": 220, "min": 16, "max": 512, "tooltip": (
+                "The prompt's length the request asks for, in UMT5 tokens (use the same on the rewriter).")}),
+        }}
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("request",)
+    OUTPUT_TOOLTIPS = (("The request for the VLM: connect it to Generate Text's prompt (with the picture on its image "
+                       "input), and Generate Text's answer to the rewriter's vlm_answer (backend generated_text)."),)
+    FUNCTION = "request"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("IF-Edit's rewriter request (instructions, worked examples, your instruction) for a VLM that "
+                   "ComfyUI runs itself: Generate Text with a Qwen3-VL / Qwen2.5-VL from ComfyUI's loader, so its "
+                   "memory is managed with the video model's.")
+
+    def request(self, instruction, mode, max_tokens=220):
+        return (request_for_vlm(instruction, mode, max_tokens),)
+
+
+NODE_CLASS_MAPPINGS = {"VPE_PromptRewriter": PromptRewriter, "VPE_RewriterRequest": RewriterRequest}
+NODE_DISPLAY_NAME_MAPPINGS = {"VPE_PromptRewriter": "Evolution Prompt Rewriter (IF-Edit)",
+                              "VPE_RewriterRequest": "Evolution Prompt Request (for Generate Text)"}

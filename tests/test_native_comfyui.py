@@ -304,3 +304,25 @@ def test_native_lora_for_another_base_is_refused_by_name(comfy, zoo):
     history = comfy.run(g, expect_error=True)
     error = next(m[1] for m in history["status"]["messages"] if m[0] == "execution_error")
     assert "FLUX.1" in error["exception_message"] and "hidden size 256" in error["exception_message"]
+
+
+def test_rewriter_takes_the_answer_of_comfyuis_own_generate_text(comfy):
+    """The VLM can run as ComfyUI's Generate Text (its memory managed by ComfyUI): our request node writes its
+    prompt, and the rewriter cleans and checks its answer (here a typical chatty answer given as a string)."""
+    assert "TextGenerate" in comfy.get("/object_info")  # the core node the request and the answer are wired to
+    answer = '<think>She holds a card.</think>\nPrompt: "She loosens her grip; the card slips out of frame."'
+    g = {"request": {"class_type": "VPE_RewriterRequest", "inputs": {"instruction": "take the card out of her hand",
+                                                                     "mode": "edit"}},
+         "answer": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": answer}},
+         "rewrite": {"class_type": "VPE_PromptRewriter", "inputs": {
+             "instruction": "take the card out of her hand", "mode": "edit", "backend": "generated_text",
+             "local_model": "none", "seed": 0, "vlm_answer": ["answer", 0]}},
+         "show": {"class_type": "PreviewAny", "inputs": {"source": ["request", 0]}},
+         "shown": {"class_type": "PreviewAny", "inputs": {"source": ["rewrite", 0]}}}
+    history = comfy.run(g)
+    assert history["outputs"]["rewrite"]["text"] == ["She loosens her grip; the card slips out of frame."]
+    request = history["outputs"]["show"]["text"][0]
+    assert "Instruction: take the card out of her hand" in request and request.rstrip().endswith("Answer:")
+    g["answer"]["inputs"]["value"] = "<think>The user wants"  # cut off while thinking: the template takes over
+    text = comfy.run(g)["outputs"]["rewrite"]["text"][0]
+    assert text.startswith("Warning: The VLM's answer was not a usable prompt") and "card" in text

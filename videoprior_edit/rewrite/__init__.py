@@ -19,10 +19,12 @@ from .backends import (
     PRECISIONS,
     ChatRequest,
     EndpointError,
+    GivenTextBackend,
     LocalVLMBackend,
     OpenAIChatBackend,
     TemplateBackend,
     image_for_vlm,
+    request_text,
     unload_models,
 )
 from .prompts import MODES, examples, system_prompt, template_prompt, user_text
@@ -30,13 +32,15 @@ from .sanitize import fit_budget, problem, sanitize, thinking_cut_off, token_cou
 
 log = logging.getLogger(__name__)
 
-BACKENDS = {"template": TemplateBackend, "local": LocalVLMBackend, "openai": OpenAIChatBackend}
+BACKENDS = {"template": TemplateBackend, "local": LocalVLMBackend, "openai": OpenAIChatBackend,
+            "generated_text": GivenTextBackend}
 FAILURE_MODES = ("template", "error")
 MAX_PROMPT_TOKENS = 512  # Wan's text length
 
-__all__ = ["BACKENDS", "FAILURE_MODES", "GET_A_VLM", "MODES", "PRECISIONS", "EndpointError", "LocalVLMBackend",
+__all__ = ["BACKENDS", "FAILURE_MODES", "GET_A_VLM", "MODES", "PRECISIONS", "EndpointError", "GivenTextBackend",
+           "LocalVLMBackend",
            "OpenAIChatBackend", "RewriteResult", "TemplateBackend", "generation_tokens", "make_backend",
-           "rewrite_prompt", "sanitize", "template_prompt", "unload_models"]
+           "request_for_vlm", "rewrite_prompt", "sanitize", "template_prompt", "unload_models"]
 
 
 @dataclass
@@ -97,6 +101,13 @@ def _request(image, instruction: str, mode: str, max_tokens: int, seed: int, bac
                        mode=mode, max_new_tokens=generation_tokens(max_tokens, backend), seed=seed)
 
 
+def request_for_vlm(instruction: str, mode: str = "edit", max_tokens: int = 220) -> str:
+    """The rewriter's request (instructions, examples, this instruction) as one message, for a VLM run elsewhere
+    (ComfyUI's Generate Text node); its answer goes back through `rewrite_prompt` with the generated_text backend."""
+    _check(instruction, mode, "template", max_tokens)
+    return request_text(_request(None, instruction, mode, max_tokens, 0, TemplateBackend()))
+
+
 def _unusable(raw: str, prompt: str) -> str | None:
     if thinking_cut_off(raw):
         return "it stopped while still thinking (raise max_tokens, or use an Instruct model rather than a Thinking one)"
@@ -115,7 +126,7 @@ def rewrite_prompt(image, instruction: str, backend, mode: str = "edit", seed: i
     _check(instruction, mode, on_failure, max_tokens)
     backend = make_backend(backend) if isinstance(backend, str) else backend
     pil, warnings = image_for_vlm(image)
-    if pil is None and backend.name != "template":
+    if pil is None and backend.name not in ("template", "generated_text"):
         warnings.append("no image connected: the VLM rewrote the instruction without seeing the picture")
     request = _request(pil, instruction, mode, max_tokens, seed, backend)
     steps = _Steps(progress, backend.steps(request.max_new_tokens)) if progress else None

@@ -108,6 +108,39 @@ class TemplateBackend:
         return template_prompt(request.instruction, request.mode)
 
 
+# ------------------------------------------------------------------------------------- text from elsewhere
+@dataclass
+class GivenTextBackend:
+    """The answer was written elsewhere (ComfyUI's own Generate Text node running a Qwen-VL through ComfyUI's memory
+    manager, given `request_text` as its prompt): it is only cleaned, budgeted and checked like any VLM answer."""
+
+    text: str = ""
+    name: ClassVar[str] = "generated_text"
+    max_new_tokens = None
+
+    def steps(self, max_new_tokens: int) -> int:
+        return 1
+
+    def generate(self, request: ChatRequest, progress=None) -> str:
+        if progress:
+            progress(1)
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise InputError("The generated_text backend got no text.",
+                             "Connect the generated_text output of ComfyUI's Generate Text node to vlm_answer "
+                             "(its prompt: the Evolution Prompt Request node; its clip: a Qwen3-VL / Qwen2.5-VL).")
+        return self.text
+
+
+def request_text(request: ChatRequest) -> str:
+    """The whole request as one message for a chat model that takes a single user turn (ComfyUI's Generate Text
+    with its default template): the instructions, the worked examples, then this picture's instruction."""
+    parts = [request.system.strip(), ""]
+    for i, (user, answer) in enumerate(request.examples, 1):
+        parts += [f"Example {i}:", user.strip(), "Answer:", answer.strip(), ""]
+    parts += ["Now the picture you see:", request.user.strip(), "Answer:"]
+    return "\n".join(parts)
+
+
 # ------------------------------------------------------------------------------------- OpenAI-compatible server
 def _data_url(image) -> str:
     buf = io.BytesIO()

@@ -1,20 +1,28 @@
 // VideoPrior Edit: show what a node reports after it runs (settings used, warnings, LoRA summaries) in a
 // read-only text box on the node itself, so nothing important is only in the console.
-import { app } from "../../scripts/app.js";
-import { ComfyWidgets } from "../../scripts/widgets.js";
+// ComfyUI serves this file at /extensions/<pack folder>/js/node_report.js and the app at /scripts/app.js.
+// The box is a DOM widget (a plain <textarea>), which both the canvas renderer and the Vue node renderer
+// ("Nodes 2.0") show; it is never saved into the workflow.
+import { app } from "../../../scripts/app.js";
 
 const BOX = "vpe_report";
 
-function showReport(node, text) {
-  let widget = node.widgets?.find((w) => w.name === BOX);
-  if (!widget) {
-    widget = ComfyWidgets.STRING(node, BOX, ["STRING", { multiline: true }], app).widget;
-    if (widget.inputEl) widget.inputEl.readOnly = true;
-    widget.serialize = false; // never saved into the workflow's widget values
-  }
-  widget.value = text;
-  node.setSize?.([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
-  node.setDirtyCanvas?.(true, true);
+function reportBox(node) {
+  const existing = node.widgets?.find((w) => w.name === BOX);
+  if (existing) return existing;
+  const area = document.createElement("textarea");
+  area.className = "comfy-multiline-input";
+  area.readOnly = true;
+  area.spellcheck = false;
+  area.style.cssText = "width: 100%; min-height: 60px; resize: vertical; font-size: 11px; opacity: 0.85;";
+  const widget = node.addDOMWidget(BOX, "vpe_report", area, {
+    getValue: () => area.value,
+    setValue: (text) => { area.value = text ?? ""; },
+    getMinHeight: () => 60,
+    serialize: false, // not in the API prompt
+  });
+  widget.serialize = false; // not in the workflow's widgets_values
+  return widget;
 }
 
 app.registerExtension({
@@ -25,7 +33,10 @@ app.registerExtension({
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
       const text = message?.text;
-      if (text && text.length) showReport(this, Array.isArray(text) ? text.join("\n") : String(text));
+      if (!text?.length) return;
+      reportBox(this).value = Array.isArray(text) ? text.join("\n") : String(text);
+      this.setSize?.([this.size[0], Math.max(this.size[1], this.computeSize()[1])]);
+      this.setDirtyCanvas?.(true, true);
     };
   },
 });
