@@ -65,9 +65,10 @@ def load(size: str, root: Path):
 
 def edit(models, tld, width: int, height: int, frames: int, k: int, keep_last: bool) -> tuple[float, float]:
     """(end-to-end seconds, low-noise-stage seconds) of one native edit; the TLD node's work counts to the stage."""
-    import nodes
     import torch
     from comfy_extras.nodes_wan import WanImageToVideo
+
+    import nodes
 
     high, low, vae = models
     text = [[torch.randn(1, 512, 4096, generator=torch.Generator().manual_seed(1)), {}]]

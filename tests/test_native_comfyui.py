@@ -326,3 +326,45 @@ def test_rewriter_takes_the_answer_of_comfyuis_own_generate_text(comfy):
     g["answer"]["inputs"]["value"] = "<think>The user wants"  # cut off while thinking: the template takes over
     text = comfy.run(g)["outputs"]["rewrite"]["text"][0]
     assert text.startswith("Warning: The VLM's answer was not a usable prompt") and "card" in text
+
+
+def test_still_refinement_blueprint_is_served_and_runs(comfy, zoo, picture):
+    from pathlib import Path
+
+    from videoprior_edit.workflow import ui_to_api
+
+    listed = comfy.get("/global_subgraphs")
+    ours = {k: v for k, v in listed.items() if v["info"]["node_pack"] == "custom_nodes.comfyui-videoprior-edit"}
+    assert [v["name"] for v in ours.values()] == ["Still-Video Refinement (IF-Edit)"]
+    served = json.loads(comfy.get(f"/global_subgraphs/{next(iter(ours))}")["data"])
+    shipped = Path(__file__).resolve().parent.parent / "subgraphs" / "Still-Video Refinement (IF-Edit).json"
+    assert served == json.loads(shipped.read_text())
+    definition = served["definitions"]["subgraphs"][0]
+    schemas = comfy.get("/object_info")
+    inner = {"nodes": definition["nodes"],
+             "links": [[l["id"], l["origin_id"], l["origin_slot"], l["target_id"], l["target_slot"], l["type"]]
+                       for l in definition["links"]]}  # the input links are re-wired below
+    api = {f"bp{k}": v for k, v in ui_to_api(inner, schemas).items()}
+    for node in api.values():  # inner links point at inner ids: prefix them
+        for name, value in node["inputs"].items():
+            if isinstance(value, list):
+                node["inputs"][name] = [f"bp{value[0]}", value[1]]
+    g = _base(zoo)  # the edit's models, text encoder, VAE and negative prompt, as in the IF-Edit workflow
+    outer = {"image": ["image", 0], "model_high_noise": ["shift_high", 0], "model_low_noise": ["shift_low", 0],
+             "clip": ["clip", 0], "negative": ["neg", 0], "vae": ["vae", 0]}
+    for link in definition["links"]:
+        if link["origin_id"] == -10:
+            name = definition["inputs"][link["origin_slot"]]["name"]
+            target = next(n for n in definition["nodes"] if n["id"] == link["target_id"])
+            api[f"bp{link['target_id']}"]["inputs"][target["inputs"][link["target_slot"]]["name"]] = outer[name]
+    result = next(l for l in definition["links"] if l["target_id"] == -20)
+    g.update(api)
+    g["save"] = {"class_type": "SaveImage", "inputs": {"images": [f"bp{result['origin_id']}", result["origin_slot"]],
+                                                       "filename_prefix": "vpe/refined"}}
+    history = comfy.run(g)
+    from PIL import Image
+
+    saved = history["outputs"]["save"]["images"]
+    assert len(saved) == 1  # one refined frame, at the picture's size
+    with Image.open(comfy.base / "output" / saved[0]["subfolder"] / saved[0]["filename"]) as refined:
+        assert refined.size == (64, 48)

@@ -254,3 +254,54 @@ def _value(name: str, spec: list, widgets: dict):
         return opts["default"]
     options = spec[0] if isinstance(spec[0], list) else opts.get("options", [])
     return options[0] if options else {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(spec[0], "")
+
+
+def blueprint(inner: Graph, name: str, inputs: list[tuple], outputs: list[tuple], widgets: list[tuple] = (),
+              description: str = "", category: str = "VideoPriorEdit") -> dict:
+    """A subgraph blueprint (what ComfyUI serves from a pack's subgraphs/ folder: one node that opens into `inner`).
+
+    inputs: (name, type, [(inner node, input name), ...]) fed from the blueprint node's input; outputs: (name, type,
+    inner node, output name); widgets: (inner node, widget name) shown on the blueprint node."""
+    import uuid
+
+    key = str(uuid.uuid5(uuid.NAMESPACE_URL, "videoprior-edit/" + name))  # stable across rebuilds
+    links = [{"id": i, "origin_id": o, "origin_slot": os_, "target_id": t, "target_slot": ts, "type": kind}
+             for i, o, os_, t, ts, kind in inner.links]
+    next_link = len(links) + 1
+    sub_inputs, sub_outputs = [], []
+    for slot, (input_name, kind, targets) in enumerate(inputs):
+        ids = []
+        for node, target in targets:
+            index = next(i for i, s in enumerate(node["inputs"]) if s["name"] == target)
+            links.append({"id": next_link, "origin_id": -10, "origin_slot": slot, "target_id": node["id"],
+                          "target_slot": index, "type": kind})
+            node["inputs"][index]["link"] = next_link
+            ids.append(next_link)
+            next_link += 1
+        sub_inputs.append({"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key}/in/{input_name}")), "name": input_name,
+                           "type": kind, "linkIds": ids, "pos": [0, 20 * slot]})
+    for slot, (output_name, kind, node, output) in enumerate(outputs):
+        out = next(o for o in node["outputs"] if o["name"] == output)
+        links.append({"id": next_link, "origin_id": node["id"], "origin_slot": out["slot_index"], "target_id": -20,
+                      "target_slot": slot, "type": kind})
+        out["links"].append(next_link)
+        sub_outputs.append({"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key}/out/{output_name}")),
+                            "name": output_name, "type": kind, "linkIds": [next_link], "pos": [0, 20 * slot]})
+        next_link += 1
+    xs = [n["pos"][0] for n in inner.nodes]
+    right = max(n["pos"][0] + n["size"][0] for n in inner.nodes)
+    definition = {"id": key, "version": 1, "revision": 0, "config": {}, "name": name, "category": category,
+                  "description": description, "state": {"lastGroupId": 0, "lastNodeId": len(inner.nodes),
+                                                        "lastLinkId": next_link - 1, "lastRerouteId": 0},
+                  "inputNode": {"id": -10, "bounding": [min(xs) - 220, 80, 160, 40 + 20 * len(inputs)]},
+                  "outputNode": {"id": -20, "bounding": [right + 60, 80, 140, 40 + 20 * len(outputs)]},
+                  "inputs": sub_inputs, "outputs": sub_outputs, "widgets": [], "nodes": inner.nodes, "links": links,
+                  "groups": [], "extra": {}}
+    node = {"id": 1, "type": key, "pos": [0, 0], "size": [400, 60 + 20 * max(len(inputs), len(outputs))],
+            "flags": {}, "order": 0, "mode": 0, "title": name,
+            "inputs": [{"name": n, "type": k, "link": None} for n, k, _ in inputs],
+            "outputs": [{"name": n, "type": k, "links": []} for n, k, _, _ in outputs],
+            "properties": {"proxyWidgets": [[str(node["id"]), widget] for node, widget in widgets]},
+            "widgets_values": []}
+    return {"revision": 0, "last_node_id": 1, "last_link_id": 0, "nodes": [node], "links": [], "version": 0.4,
+            "definitions": {"subgraphs": [definition]}, "extra": {}}

@@ -13,7 +13,14 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from videoprior_edit.if_edit import STILL_PROMPT, WAN_NEGATIVE
-from videoprior_edit.workflow import Graph, is_widget, schemas_of, ui_to_api, widget_slots
+from videoprior_edit.workflow import (
+    Graph,
+    blueprint,
+    is_widget,
+    schemas_of,
+    ui_to_api,
+    widget_slots,
+)
 
 
 def pack_nodes() -> dict:
@@ -475,6 +482,41 @@ def chronoedit_native(g: Graph) -> None:
            note_size(CHRONOEDIT_NATIVE_NOTE))
 
 
+def still_refinement_blueprint(schemas: dict) -> dict:
+    """IF-Edit's self-consistent refinement as one node: the frame -> a 9-frame still clip on the same two experts
+    -> its sharpest frame (never the first: the input re-decoded)."""
+    g = Graph(schemas)
+    size, prompts, sampling, pick = (Column(g, x, w) for x, w in ((40, 320), (400, 400), (840, 380), (1260, 340)))
+    measure = size.add("GetImageSize", "Frame size")
+    text = prompts.add("CLIPTextEncode", "Still-video prompt", height=190, text=STILL_PROMPT)
+    clip = prompts.add("WanImageToVideo", "9-frame still clip", length=9)
+    high = ksampler(sampling, "High-noise expert: steps 0-2", True, 0, 3)
+    low = ksampler(sampling, "Low-noise expert: steps 3-7", False, 3, 10000)
+    decode = pick.add("VAEDecode", "Decode the still clip")
+    best = pick.add("VPE_SharpestFrame", "Sharpest still frame", skip_first=True)
+    for src, out, dst, name in ((measure, "width", clip, "width"), (measure, "height", clip, "height"),
+                                (text, "CONDITIONING", clip, "positive"), (clip, "latent", high, "latent_image"),
+                                (clip, "positive", high, "positive"), (clip, "negative", high, "negative"),
+                                (high, "LATENT", low, "latent_image"), (clip, "positive", low, "positive"),
+                                (clip, "negative", low, "negative"), (low, "LATENT", decode, "samples"),
+                                (decode, "IMAGE", best, "images")):
+        g.link(src, out, dst, name)
+    return blueprint(
+        g, "Still-Video Refinement (IF-Edit)",
+        inputs=[("image", "IMAGE", [(measure, "image"), (clip, "start_image")]),
+                ("model_high_noise", "MODEL", [(high, "model")]), ("model_low_noise", "MODEL", [(low, "model")]),
+                ("clip", "CLIP", [(text, "clip")]), ("negative", "CONDITIONING", [(clip, "negative")]),
+                ("vae", "VAE", [(clip, "vae"), (decode, "vae")])],
+        outputs=[("refined", "IMAGE", best, "frame")],
+        widgets=[(text, "text"), (clip, "length"), (high, "noise_seed"), (high, "steps"), (low, "steps")],
+        description=("IF-Edit's self-consistent post-refinement: the edited frame becomes a short still clip on the "
+                     "same Wan2.2-I2V experts (still-video prompt), and the clip's sharpest frame is the final image."),
+        category="VideoPriorEdit/IF-Edit")
+
+
+BLUEPRINTS = {"Still-Video Refinement (IF-Edit)": still_refinement_blueprint}
+
+
 WORKFLOWS = {"if_edit_image_edit_full": lambda g: if_edit_native(g, "openai"),
              "if_edit_image_edit_no_vlm": lambda g: if_edit_native(g, "template"),
              "video4edit_chronoedit_tail_frame_edit": chronoedit_native,
@@ -522,6 +564,12 @@ def build(out: Path = HERE) -> list[Path]:
             written.append(path)
         thumbnail(ui, out / f"{name}.jpg", name.replace("_", " "))
         written.append(out / f"{name}.jpg")
+    folder = out.parent / "subgraphs" if out == HERE else out / "subgraphs"
+    folder.mkdir(exist_ok=True)
+    for name, make in BLUEPRINTS.items():
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(make(all_schemas), indent=1, ensure_ascii=False) + "\n")
+        written.append(path)
     return written
 
 
