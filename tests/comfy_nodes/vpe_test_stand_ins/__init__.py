@@ -12,13 +12,12 @@ workflow has CLIPLoader / CLIPVisionLoader.
 import json
 import types
 
-import torch
-
 import comfy.clip_vision
 import comfy.sd
 import comfy.text_encoders.wan
 import comfy.utils
 import folder_paths
+import torch
 
 
 def umt5_config(sd: dict) -> dict:
@@ -64,8 +63,9 @@ class TinyClipVisionLoader:
     def load(self, clip_name):
         sd = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("clip_vision", clip_name))
         hidden = sd["vision_model.embeddings.class_embedding"].shape[0]
-        config = json.load(open(comfy.clip_vision.__file__.replace("clip_vision.py", "clip_vision_config_h.json")))
-        config.update(hidden_size=hidden, num_attention_heads=2, torch_dtype="float32",
+        with open(comfy.clip_vision.__file__.replace("clip_vision.py", "clip_vision_config_h.json")) as f:
+            config = json.load(f)
+        config.update(hidden_size=hidden, num_attention_heads=2, torch_dtype="float32",  # heads: the zoo's config
                       intermediate_size=sd["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
                       num_hidden_layers=len({k.split(".")[3] for k in sd if k.startswith("vision_model.encoder.layers.")}),
                       projection_dim=sd["visual_projection.weight"].shape[0])
