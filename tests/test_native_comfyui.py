@@ -217,6 +217,9 @@ def _layouts(zoo) -> dict[str, tuple[dict, dict, bool]]:
     out["onetrainer"] = ({f"lora_transformer_{diffusers[m].replace('.', '_')}.{n}": t for m, (d, u, a) in pairs.items()
                           for n, t in (("lora_down.weight", d), ("lora_up.weight", u), ("alpha", torch.tensor(a)))},
                          {}, False)
+    out["lycoris"] = ({f"lycoris_{m.replace('.', '_')}.{n}": t for m, (d, u, a) in pairs.items()
+                       for n, t in (("lora_down.weight", d), ("lora_up.weight", u), ("alpha", torch.tensor(a)))},
+                      {}, False)
     return out
 
 
@@ -243,7 +246,7 @@ def base_weights(comfy, zoo):
 
 
 @pytest.mark.parametrize("layout", ["lightx2v", "musubi", "musubi_partial", "ai_toolkit", "diffusers_peft",
-                                    "diffsynth_default", "onetrainer"])
+                                    "diffsynth_default", "onetrainer", "lycoris"])
 def test_native_lora_equals_core_or_loads_what_core_drops(comfy, zoo, base_weights, layout):
     tensors, metadata, core_reads = _layouts(zoo)[layout]
     name = f"vpe_layout_{layout}.safetensors"
