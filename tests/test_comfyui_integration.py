@@ -124,3 +124,18 @@ def test_comfyui_serves_the_node_report_extension(comfy):
     ours = next(s for s in scripts if s.endswith("/node_report.js"))
     with urllib.request.urlopen(comfy.url + ours, timeout=30) as r:
         assert b'startsWith("VPE_")' in r.read()
+
+
+def test_core_schema_snapshot_is_the_running_comfyuis(comfy):
+    """workflows/schemas/core_nodes.json (what workflows/build.py writes the shipped workflows against) is what the
+    ComfyUI the tests run serves for those nodes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vpe_build", REPO / "workflows" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    snapshot = json.loads((REPO / "workflows" / "schemas" / "core_nodes.json").read_text())
+    names = [name for name in snapshot if not name.startswith("_")]
+    live = build.core_snapshot(comfy.get("/object_info"), names)
+    stale = [name for name in names if live[name] != snapshot[name]]
+    assert not stale, f"run python workflows/build.py --schemas-from <ComfyUI URL> ({stale} changed)"

@@ -34,6 +34,39 @@ def pack_nodes() -> dict:
     return sys.modules[name].NODE_CLASS_MAPPINGS
 
 
+# Inputs whose options are the files of one ComfyUI installation: kept empty in the snapshot (the workflow checks take
+# model names from the manifest instead).
+FILE_LISTS = {("LoadImage", "image"), ("LoadVideo", "file"), ("UNETLoader", "unet_name"), ("CLIPLoader", "clip_name"),
+              ("VAELoader", "vae_name"), ("CLIPVisionLoader", "clip_name"), ("LoraLoaderModelOnly", "lora_name")}
+
+
+def core_snapshot(object_info: dict, names) -> dict:
+    """The schemas of core nodes `names` from a running ComfyUI's /object_info, file lists emptied."""
+    out = {}
+    for name in sorted(names):
+        schema = json.loads(json.dumps(object_info[name]))
+        for section in schema["input"].values():
+            for input_name, spec in section.items():
+                if (name, input_name) in FILE_LISTS:
+                    section[input_name] = [[], *spec[1:]] if isinstance(spec[0], list) else \
+                        [spec[0], {**spec[1], "options": []}]
+        out[name] = schema
+    return out
+
+
+def refresh_snapshot(url: str) -> Path:
+    """Rewrite schemas/core_nodes.json from the ComfyUI at `url` (same nodes as now)."""
+    from urllib.request import urlopen
+
+    path = HERE / "schemas" / "core_nodes.json"
+    old = json.loads(path.read_text())
+    with urlopen(url.rstrip("/") + "/object_info") as r:
+        live = json.loads(r.read())
+    new = {"_source": old["_source"], **core_snapshot(live, [k for k in old if not k.startswith("_")])}
+    path.write_text(json.dumps(new, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
 def schemas() -> dict:
     core = {k: v for k, v in json.loads((HERE / "schemas" / "core_nodes.json").read_text()).items() if not k.startswith("_")}
     return {**core, **schemas_of(pack_nodes())}
@@ -574,5 +607,7 @@ def build(out: Path = HERE) -> list[Path]:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--schemas-from":  # python workflows/build.py --schemas-from URL
+        print(refresh_snapshot(sys.argv[2]).relative_to(REPO))
     for path in build():
         print(path.relative_to(REPO))
