@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..videoprior_edit.cancel import cancellable
 from ..videoprior_edit.folders import KINDS, ModelFolders
 
 try:  # ComfyUI present
@@ -144,7 +145,8 @@ def with_report(out, lines: list[str]):
 
 def reported(fn):
     """Wrap a node's function so the library's warnings and LoRA summaries appear on the node, not only in the
-    console (the pack's web extension shows `ui.text` under the node)."""
+    console (the pack's web extension shows `ui.text` under the node), and so Cancel acts inside every long stage
+    (VAE, encoders, samplers: `cancellable`), not only between steps."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -154,7 +156,8 @@ def reported(fn):
             logger.setLevel(logging.INFO)
         logger.addHandler(collect)
         try:
-            out = fn(*args, **kwargs)
+            with cancellable(check_cancel if _mm is not None else None):
+                out = fn(*args, **kwargs)
         finally:
             logger.removeHandler(collect)
             logger.setLevel(level)

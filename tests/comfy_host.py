@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -125,7 +124,9 @@ class ComfyServer:
         raise AssertionError("the graph did not finish:\n" + self.log_tail())
 
     def interrupt(self) -> None:
-        self.post("/interrupt", {})
+        """ComfyUI's Cancel button."""
+        request = urllib.request.Request(self.url + "/interrupt", b"{}", {"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=60).close()
 
 
 # Real file names the shipped workflows use -> the tiny zoo model that stands in for it.

@@ -139,3 +139,36 @@ def test_core_schema_snapshot_is_the_running_comfyuis(comfy):
     live = build.core_snapshot(comfy.get("/object_info"), names)
     stale = [name for name in names if live[name] != snapshot[name]]
     assert not stale, f"run python workflows/build.py --schemas-from <ComfyUI URL> ({stale} changed)"
+
+
+def test_cancel_stops_an_own_loader_edit_quickly(comfy, zoo):
+    """ComfyUI's Cancel (POST /interrupt) reaches inside the pack's long stages: the run stops within a second."""
+    import time
+
+    name = lambda key: zoo.file(key).name
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "vpe_source.png"}},
+        "2": {"class_type": "VPE_WanModelLoader", "inputs": {
+            "model": name("wan22_i2v_high"), "model_low_noise": name("wan22_i2v_low"), "text_encoder": name("umt5"),
+            "vae": name("vae"), "clip_vision": "none", "precision": "fp32", "weight_storage": "default",
+            "placement": "one_expert", "vae_tiling": False}},
+        "3": {"class_type": "VPE_IFEditImageToVideo", "inputs": {
+            "wan_models": ["2", 0], "image": ["1", 0], "prompt": "a slow one", "negative_prompt": "", "frames": 161,
+            "steps": 200, "cfg_high_noise": 1.0, "cfg_low_noise": 1.0, "shift": 5.0, "scheduler": "euler",
+            "seed": 3, "temporal_latent_dropout": False, "tld_k": 3, "tld_threshold": 0.9, "tld_keep_last": False,
+            "tld_rope": "original", "max_side": 256}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
+    prompt_id = comfy.post("/prompt", {"prompt": prompt, "client_id": "vpe-test"})["prompt_id"]
+    time.sleep(4)  # the run is under way (loading, encoding or sampling)
+    comfy.interrupt()
+    pressed = time.monotonic()
+    while time.monotonic() - pressed < 60:
+        history = comfy.get(f"/history/{prompt_id}").get(prompt_id)
+        if history and history.get("status", {}).get("completed") is not None:
+            break
+        time.sleep(0.1)
+    took = time.monotonic() - pressed
+    assert history["status"]["status_str"] != "success"
+    assert any(m[0] == "execution_interrupted" for m in history["status"]["messages"]), history["status"]
+    assert took < 2.0, f"Cancel took {took:.1f} s"
