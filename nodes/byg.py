@@ -84,7 +84,9 @@ class ByGVideoEdit:
 
     RETURN_TYPES = ("IMAGE", "FLOAT", "STRING")
     RETURN_NAMES = ("frames", "frame_rate", "info")
-    OUTPUT_TOOLTIPS = ("The edited frames.", "The source's frame rate (16 for an IMAGE batch).", "What was adjusted.")
+    OUTPUT_TOOLTIPS = (("The edited frames (4k+1 of them), at the size the model ran at: the longer side scaled down "
+                        "to max_side, both sides brought to multiples of 16."),
+                       "The source's frame rate (16 for an IMAGE batch).", "What was adjusted.")
     FUNCTION = "edit"
     CATEGORY = CATEGORY
     DESCRIPTION = ("ByG video editing: Wan text-to-video with the source clip's clean latents concatenated to the "

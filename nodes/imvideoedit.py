@@ -101,7 +101,9 @@ class ImVideoEditVideoEdit:
 
     RETURN_TYPES = ("IMAGE", "FLOAT", "STRING")
     RETURN_NAMES = ("frames", "fps", "info")
-    OUTPUT_TOOLTIPS = ("The edited video, as many frames as the source, at the source's size.",
+    OUTPUT_TOOLTIPS = (("The edited video, as many frames as the source, at the size the model ran at: the longer "
+                        "side scaled down to max_side, both sides brought to multiples of 16 (100x60 -> 96x64 with "
+                        "resize). size_mode pad keeps the source's size when it was not scaled down."),
                        "The source's frame rate (connect to Create Video).", "What was adjusted.")
     FUNCTION = "edit"
     CATEGORY = CATEGORY

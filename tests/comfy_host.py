@@ -197,18 +197,27 @@ def with_av(python: str, code: str, *args: str) -> str:
 
 
 def source_video(path: Path, python: str) -> None:
-    """A small H.264 clip for LoadVideo: 10 frames of 70x50 noise at 12 fps (not 4k+1: ByG cuts it to 9 frames,
-    ImVideoEdit pads it for Wan and cuts the result back to 10; not Wan's 16 fps: the editors pass its rate on)."""
+    """A small H.264 clip with sound for LoadVideo: 10 frames of 70x50 noise at 12 fps (not 4k+1: ByG cuts it to 9
+    frames, ImVideoEdit pads it for Wan and cuts the result back to 10; not Wan's 16 fps: the editors pass its rate
+    on) and a 440 Hz tone as long as the clip (the video workflows keep the source's sound)."""
     with_av(python, """
 import sys, av, numpy as np
 rng = np.random.default_rng(1)
 with av.open(sys.argv[1], "w") as container:
     stream = container.add_stream("libx264", rate=12)
     stream.width, stream.height, stream.pix_fmt = 70, 50, "yuv420p"
+    sound = container.add_stream("aac", rate=16000)
+    sound.layout = "mono"
     for i in range(10):
         frame = av.VideoFrame.from_ndarray((rng.random((50, 70, 3)) * 120 + i * 12).astype(np.uint8), format="rgb24")
         container.mux(stream.encode(frame))
     container.mux(stream.encode())
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 10 // 12) / 16000)).astype(np.float32)
+    for start in range(0, len(tone), 1024):
+        chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="fltp", layout="mono")
+        chunk.sample_rate = 16000
+        container.mux(sound.encode(chunk))
+    container.mux(sound.encode())
 """, str(path))
 
 

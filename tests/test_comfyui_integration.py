@@ -95,6 +95,7 @@ def test_shipped_workflow_runs_in_comfyui(comfy, path):
             # the 70x50 clip resized to multiples of 16, at the source's 12 fps (the editor's frame-rate output, not
             # CreateVideo's stored 16)
             assert _video_shape(comfy, found) == (VIDEO_FRAMES[path.stem], 64, 48, 12.0)
+            assert _audio_seconds(comfy, found) == pytest.approx(10 / 12, abs=0.1)  # the source's sound kept
             continue
         with Image.open(found) as picture:
             assert picture.size == (64, 48)  # the 70x50 input resized to multiples of 16
@@ -116,6 +117,19 @@ print(len(frames), frames[0].width, frames[0].height, float(rate))
 """, str(path))
     frames, width, height, rate = out.split()
     return int(frames), int(width), int(height), float(rate)
+
+
+def _audio_seconds(comfy, path: Path) -> float:
+    """Length of a saved video's sound track (0 without one)."""
+    out = with_av(comfy.python, """
+import sys, av
+with av.open(sys.argv[1]) as container:
+    if not container.streams.audio:
+        print(0.0)
+    else:
+        print(sum(f.samples for f in container.decode(audio=0)) / container.streams.audio[0].rate)
+""", str(path))
+    return float(out)
 
 
 def test_comfyui_serves_the_node_report_extension(comfy):

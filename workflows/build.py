@@ -259,11 +259,13 @@ def byg_video(g: Graph) -> None:
     editor = g.node("VPE_ByGVideoEdit", (860, 80), "ByG video edit", (380, 520),
                     instruction="turn the scene into a snowy winter day", negative_prompt=WAN_NEGATIVE,
                     scheduler="unipc", seed=42)
-    make = g.node("CreateVideo", (1280, 80), "Edited clip", (300, 120), fps=16.0)
+    parts = g.node("GetVideoComponents", (1280, 260), "Source sound", (300, 120))
+    make = g.node("CreateVideo", (1280, 80), "Edited clip (source sound)", (300, 120), fps=16.0)
     save = g.node("SaveVideo", (1620, 80), "Save video", (380, 380), filename_prefix="videoprior/byg_video")
     for src, out, dst, name in ((loader, "wan_models", high, "wan_models"), (high, "wan_models", low, "wan_models"),
                                 (low, "wan_models", editor, "wan_models"), (video, "VIDEO", editor, "video"),
                                 (editor, "frames", make, "images"), (editor, "frame_rate", make, "fps"),
+                                (video, "VIDEO", parts, "video"), (parts, "audio", make, "audio"),
                                 (make, "VIDEO", save, "video")):
         g.link(src, out, dst, name)
     g.note(BYG_VIDEO_NOTE, (860, 660), note_size(BYG_VIDEO_NOTE))
@@ -306,11 +308,13 @@ def imvideoedit(g: Graph) -> None:
                      adapter="imvideoedit_adapter.safetensors")
     editor = g.node("VPE_ImVideoEditVideoEdit", (860, 80), "ImVideoEdit video edit", (380, 520),
                     prompt="a red sports car drives along a snowy mountain road", seed=42)
-    make = g.node("CreateVideo", (1280, 80), "Edited clip", (300, 120), fps=16.0)
+    parts = g.node("GetVideoComponents", (1280, 260), "Source sound", (300, 120))
+    make = g.node("CreateVideo", (1280, 80), "Edited clip (source sound)", (300, 120), fps=16.0)
     save = g.node("SaveVideo", (1620, 80), "Save video", (380, 380), filename_prefix="videoprior/imvideoedit")
     for src, out, dst, name in ((loader, "wan_models", adapter, "wan_models"), (loader, "wan_models", editor,
                                 "wan_models"), (adapter, "adapter", editor, "adapter"), (video, "VIDEO", editor, "video"),
                                 (editor, "frames", make, "images"), (editor, "fps", make, "fps"),
+                                (video, "VIDEO", parts, "video"), (parts, "audio", make, "audio"),
                                 (make, "VIDEO", save, "video")):
         g.link(src, out, dst, name)
     g.note(IMVIDEOEDIT_NOTE, (460, 660), note_size(IMVIDEOEDIT_NOTE))
