@@ -2,8 +2,8 @@
 
 The method logic (which frames, which positions) comes from `videoprior_edit.sampling.frames`; this module only
 applies a plan the ComfyUI way: frames sliced out of the LATENT and out of the conditioning's `concat_latent_image` /
-`concat_mask`, temporal RoPE positions put on a clone of the MODEL (`rope_options` when they are evenly spaced, else
-an object patch of the Wan model's `rope_encode`). ComfyUI is imported only inside the functions that need it.
+`concat_mask`, temporal RoPE positions put on a clone of the MODEL as an object patch of the Wan model's
+`rope_encode` with a table {frames in the clip: their positions} (see `TemporalPositions`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 
 from ...videoprior_edit.errors import InputError
-from ...videoprior_edit.sampling.frames import FramePlan, uniform_stride
+from ...videoprior_edit.sampling.frames import FramePlan
 
 POSITIONS = "vpe_positions"  # LATENT key: the temporal positions of its frames (absent: 0, 1, 2, ...)
 SLICED_CONDITIONING = ("concat_latent_image", "concat_mask")  # the I2V condition, one entry per latent frame
-_USER_ROPE = "vpe_user_rope_options"  # transformer_options key: the rope_options the MODEL had before our patch
 _ROPE_PATCH = "diffusion_model.rope_encode"
 
 
@@ -65,23 +64,17 @@ def latent_positions(latent: dict) -> list[int] | None:
 
 def with_positions(model, positions: list[int]):
     """A clone of the Wan MODEL that gives a clip of `len(positions)` latent frames those temporal RoPE positions."""
+    return with_clip_positions(model, {len(positions): list(positions)})
+
+
+def with_clip_positions(model, by_frames: dict[int, list[int]]):
+    """A clone of the Wan MODEL whose clips of F latent frames get the temporal positions `by_frames[F]` (others
+    their own): an object patch of `rope_encode`, composed with one already there."""
     model = model.clone()
-    options = model.model_options["transformer_options"]
-    user = options.setdefault(_USER_ROPE, dict(options.get("rope_options") or {}))  # before our first patch
-    model.object_patches.pop(_ROPE_PATCH, None)
-    stride = uniform_stride(positions)
-    if stride is not None:  # evenly spaced: ComfyUI's own rope_options say it (linspace of the temporal axis)
-        first, step = stride
-        scale, shift = user.get("scale_t", 1.0), user.get("shift_t", 0.0)
-        options["rope_options"] = {**_defaults(user), "scale_t": scale * step, "shift_t": shift + scale * first}
-        if options["rope_options"] == _defaults({}):
-            options.pop("rope_options")
-    else:
-        if user:
-            options["rope_options"] = dict(user)
-        else:
-            options.pop("rope_options", None)
-        model.add_object_patch(_ROPE_PATCH, TemporalPositions(_own_rope_encode(model), {len(positions): positions}))
+    current = model.object_patches.get(_ROPE_PATCH)
+    table = dict(current.by_frames) if isinstance(current, TemporalPositions) else {}
+    table.update(by_frames)
+    model.add_object_patch(_ROPE_PATCH, TemporalPositions(_own_rope_encode(model), table))
     return model
 
 
@@ -89,14 +82,7 @@ def with_chronoedit_positions(model):
     """A clone of the MODEL that puts any clip of two latent frames at ChronoEdit's temporal positions 0 and 7."""
     from ...videoprior_edit.sampling.frames import chronoedit_positions
 
-    model = model.clone()
-    model.add_object_patch(_ROPE_PATCH, TemporalPositions(_own_rope_encode(model), {2: chronoedit_positions(2)}))
-    return model
-
-
-def _defaults(user: dict) -> dict:
-    keys = ("scale_x", "shift_x", "scale_y", "shift_y", "scale_t", "shift_t")
-    return {k: user.get(k, 1.0 if k.startswith("scale") else 0.0) for k in keys}
+    return with_clip_positions(model, {2: chronoedit_positions(2)})
 
 
 def _own_rope_encode(model):
@@ -113,10 +99,12 @@ class TemporalPositions:
     """Stands in for a Wan model's `rope_encode` on a MODEL clone (ComfyUI object patch): a clip of F latent frames
     with an entry in `by_frames` gets those temporal positions, anything else the model's own.
 
-    Why an object patch: `rope_options` only express evenly spaced positions (a linspace), and a diffusion-model
-    wrapper would have to re-run the model's forward itself; replacing this one method keeps every other wrapper,
-    patch and attention override of the MODEL working. Each frame's table comes from the model's own `rope_encode`
-    (one frame at temporal start p, the MODEL's rope_options applied), concatenated in token order (frame-major)."""
+    Why an object patch and not `rope_options`: rope_options hold one linspace for every call of the MODEL, so they
+    cannot say [0, 3, 6, 8] (TLD keep_last), [0..F-1, 0..F-1] (ByG's source frames) or "0 and 7 only for two-frame
+    clips" (ChronoEdit), nor combine those on one MODEL; a diffusion-model wrapper would have to re-run the model's
+    forward itself. Replacing this one method keeps every other wrapper, patch and attention override working, and
+    leaves rope_options to the user (ScaleROPE): each frame's rotation comes from the model's own `rope_encode` (one
+    frame at temporal start p x scale_t, shifts applied), concatenated in token order (frame-major)."""
 
     def __init__(self, original, by_frames: dict[int, list[int]]):
         self.original, self.by_frames = original, by_frames

@@ -11,7 +11,6 @@ Position modes after a drop: "original" (each kept frame keeps its place on the 
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -98,13 +97,3 @@ def reasoning_plan(num_latent_frames: int, rope: str = "chronoedit", before: lis
         raise InputError("Temporal reasoning needs a clip of at least 2 latent frames (5 video frames).",
                          "ChronoEdit reasons on 29 frames (8 latents) and then keeps the first and the last.")
     return plan_frames([0, num_latent_frames - 1], before, num_latent_frames, rope)
-
-
-def uniform_stride(positions: list[int]) -> tuple[int, int] | None:
-    """(first position, step) when `positions` are evenly spaced (one frame counts as step 1), else None."""
-    if len(positions) == 1:
-        return positions[0], 1
-    step = positions[1] - positions[0]
-    if step <= 0 or any(b - a != step for a, b in itertools.pairwise(positions)):
-        return None
-    return positions[0], step
