@@ -1,0 +1,27 @@
+"""ByG and ImVideoEdit on ComfyUI's own Wan MODEL (real ComfyUI, in its own Python: tests/comfy_scripts/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent / "comfy_scripts"
+
+
+def _run(comfy, script: str, *args: str) -> dict:
+    done = subprocess.run([comfy.python, str(SCRIPTS / script), str(comfy.source), str(REPO), *args],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_byg_prediction_is_the_model_on_the_concatenated_sequence_built_by_hand(comfy, zoo):
+    """The patched MODEL's prediction for the noisy tokens equals the unpatched Wan model run on [noisy, source]
+    with the source at the same (or offset) temporal positions and the same (or zero) timestep, built by hand."""
+    diffs = _run(comfy, "byg_by_hand.py", str(zoo.file("wan21_t2v")))
+    assert diffs["latent_shape"] == [1, 16, 3, 6, 8]
+    for case in ("same/same", "same/zero", "offset/same", "offset/zero"):
+        assert diffs[f"{case}/scale"] > 0.1
+        assert diffs[case] == 0.0, (case, diffs)
