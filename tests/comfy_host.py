@@ -141,7 +141,9 @@ STAND_INS = {"chrono_edit_14B_fp16.safetensors": "wan21_i2v", "chronoedit_distil
              "wan2.2_t2v_low_noise_14B_fp16.safetensors": "wan21_t2v",
              "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors": "wan22_i2v_high",
              "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors": "wan22_i2v_low",
-             "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "umt5"}
+             "umt5_xxl_fp8_e4m3fn_scaled.safetensors": "umt5",
+             "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": "wan21_t2v",
+             "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": "wan21_t2v"}
 FLUX_STAND_INS = {"flux1-dev.safetensors": "transformer", "clip_l.safetensors": "clip_l",
                   "t5xxl_fp16.safetensors": "t5xxl", "ae.safetensors": "vae"}
 

@@ -73,7 +73,7 @@ def test_if_edit_graph_runs_in_comfyui(comfy, zoo):
 WORKFLOWS = sorted(p for p in (REPO / "workflows" / "api").glob("*.json"))
 EDITORS = {"VPE_TailFrameEditor", "VPE_IFEditImageToVideo", "VPE_StillVideoRefiner", "VPE_ByGImageEdit",
            "VPE_ByGVideoEdit", "VPE_ImVideoEditVideoEdit", "VPE_TemporalLatentDropout", "VPE_IFEditSampler",
-           "VPE_ChronoEditTemporalReasoning"}  # the nodes that report on their run (ui.text)
+           "VPE_ChronoEditTemporalReasoning", "VPE_ByGSourceTokens"}  # the nodes that report on their run (ui.text)
 VIDEO_FRAMES = {"byg_video_edit_wan22_t2v_lora": 9,  # the 10-frame source cut to 4k+1
                 "imvideoedit_spatial_difference_video_edit": 10}  # as many frames as the source
 

@@ -222,53 +222,75 @@ def byg_image(g: Graph) -> None:
     g.note(BYG_IMAGE_NOTE, (460, 660), note_size(BYG_IMAGE_NOTE))
 
 
-BYG_VIDEO_NOTE = """ByG video edit on Wan2.2-T2V-A14B with editing LoRAs
+BYG_VIDEO_NOTE = """ByG video edit on ComfyUI's own Wan2.2-T2V-A14B nodes, with editing LoRAs
 
-The source clip's clean latents sit beside the noisy ones under the same positions (tokens concatenated);
-the LoRAs (one per expert) make the text-to-video model edit as the instruction says. Sampling is
-Wan2.2's: UniPC; steps / cfg / cfg_low / shift 0 = the model's defaults (40 steps, CFG 4 on the
-high-noise expert and 3 on the low-noise one, shift 12), Wan's standard negative prompt. The edit keeps
-the clip's size (longer side scaled to max_side 832 = 480p) and length cut to 4k+1 frames; Wan2.2 was
-trained on 81 frames at 16 fps, and Load Video reads every frame: trim long videos first.
+The source clip's clean latents sit beside the noisy ones under the same temporal positions (ByG Source
+Tokens, one per expert: source tokens concatenated, prediction sliced back); the LoRAs (one per expert)
+make the text-to-video model edit as the prompt says. Sampling is Wan2.2-T2V's: 40 steps, shift 12, CFG
+4 on the high-noise expert (steps 0-25) and 3 on the low-noise one (26-39: the switch at t < 875), Wan's
+negative prompt. The clip keeps its sound and frame rate; the picture is scaled to max_side 832 (480p).
+Load Video reads every frame: trim long videos first (Wan2.2 was trained on 81 frames at 16 fps).
 
-Models (videoprior-edit models download byg-video --models ComfyUI/models):
-- diffusion_models/wan2.2_t2v_high_noise_14B_fp16.safetensors (28.6 GB)
-- diffusion_models/wan2.2_t2v_low_noise_14B_fp16.safetensors (28.6 GB; or the _fp8_scaled pair: half
-  the download, the memory saving needs weight_storage fp8_e4m3fn)
-- text_encoders/umt5_xxl_fp16.safetensors (11.4 GB), vae/wan_2.1_vae.safetensors (0.25 GB)
+Models (videoprior-edit models download byg-video-fp8 --models ComfyUI/models):
+- diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors (14.3 GB)
+- diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors (14.3 GB)
+- text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors (6.7 GB), vae/wan_2.1_vae.safetensors (0.25 GB)
 - loras/byg_lora_high_noise.safetensors, loras/byg_lora_low_noise.safetensors: train them with
-  `videoprior-edit train-byg --expert both`, or pick any Wan2.2-T2V editing LoRA pair (merged: no
-  extra memory).
+  `videoprior-edit train-byg --expert both`, or pick any Wan2.2-T2V editing LoRA pair (any format).
+Other files for the same loaders: the _fp16 experts (28.6 GB each); GGUF experts through city96's
+"Unet Loader (GGUF)" (QuantStack/Wan2.2-T2V-A14B-GGUF, about 9-15 GB per expert: estimates).
 
-GPU memory per placement (estimates from the weight sizes in bf16, not measured; activations on top):
-- all_on_device: ~70 GB (both experts, UMT5-XXL and the VAE stay on the GPU)
-- one_expert (default): ~29 GB (one big model at a time: UMT5-XXL, then each expert)
-- one_expert_disk: ~29 GB as one_expert; what waits is dropped from RAM and re-read from its file
-- weight_storage fp8_e4m3fn: ~15 GB with one_expert (24 GB cards), ~41 GB with all_on_device
-- block_offload: ~12 GB while UMT5-XXL encodes the prompt, < 2 GB while sampling (slow)
-The source tokens double the attention sequence, so activations at 832x480 x 81 frames add many GB:
-start with 33 frames or max_side 640, and turn on vae_tiling if decoding runs out of memory.
+GPU memory by card (estimates from the weight sizes, not measured; the source tokens double the attention
+sequence, so keep clips short: 33 frames at 480p; both experts wait in RAM: 32 GB+ RAM):
+- 24 GB: the fp8_scaled experts as shipped, 33 frames at 480p
+- 16 GB: fp8_scaled with part of each expert offloaded (slower), or Q5_K_M GGUF experts; 33 frames
+- 12 GB: Q4_K_M GGUF experts, 17-33 frames, max_side 640
 
-Tweak: source_timestep 'zero' (clean source tokens at t=0) or positions 'offset' if the LoRAs were
-trained that way; LoRA strengths 0.6-1.2; merge off to try strengths without reloading."""
+Tweak: source_timestep 'zero' or positions 'offset' if the LoRAs were trained that way; LoRA strengths
+0.6-1.2; fewer steps (20, switch at 13) for a quick look."""
 
 
 def byg_video(g: Graph) -> None:
-    video = g.node("LoadVideo", (40, 80), "Source video", (320, 320), file="example.mp4")
-    loader, high, low = a14b_with_loras(g, "t2v", "ByG LoRA", "byg_lora_{}_noise.safetensors")
-    editor = g.node("VPE_ByGVideoEdit", (860, 80), "ByG video edit", (380, 520),
-                    instruction="turn the scene into a snowy winter day", negative_prompt=WAN_NEGATIVE,
-                    scheduler="unipc", seed=42)
-    parts = g.node("GetVideoComponents", (1280, 260), "Source sound", (300, 120))
-    make = g.node("CreateVideo", (1280, 80), "Edited clip (source sound)", (300, 120), fps=16.0)
-    save = g.node("SaveVideo", (1620, 80), "Save video", (380, 380), filename_prefix="videoprior/byg_video")
-    for src, out, dst, name in ((loader, "wan_models", high, "wan_models"), (high, "wan_models", low, "wan_models"),
-                                (low, "wan_models", editor, "wan_models"), (video, "VIDEO", editor, "video"),
-                                (editor, "frames", make, "images"), (editor, "frame_rate", make, "fps"),
-                                (video, "VIDEO", parts, "video"), (parts, "audio", make, "audio"),
-                                (make, "VIDEO", save, "video")):
-        g.link(src, out, dst, name)
-    g.note(BYG_VIDEO_NOTE, (860, 660), note_size(BYG_VIDEO_NOTE))
+    source, loaders, models, prompts, sampling, out = (
+        Column(g, x, w) for x, w in ((40, 340), (420, 400), (860, 380), (1280, 420), (1740, 380), (2160, 360)))
+    video = source.add("LoadVideo", "Source video", file="example.mp4")
+    parts = source.add("GetVideoComponents", "Frames, sound, rate")
+    fit = source.add("VPE_FitImageForWan", "Fit for Wan (480p)", max_side=832)
+    experts = {e: loaders.add("UNETLoader", f"Wan2.2-T2V {e}-noise expert",
+                              unet_name=f"wan2.2_t2v_{e}_noise_14B_fp8_scaled.safetensors") for e in ("high", "low")}
+    clip = loaders.add("CLIPLoader", "UMT5-XXL", clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    vae = loaders.add("VAELoader", "Wan VAE", vae_name="wan_2.1_vae.safetensors")
+    encode = loaders.add("VAEEncode", "Source latents")
+    tokens = {}
+    for expert in ("high", "low"):
+        lora = models.add("VPE_LoraLoaderModelOnly", f"ByG LoRA ({expert} noise)",
+                          lora_name=f"byg_lora_{expert}_noise.safetensors", strength_model=1.0)
+        shift = models.add("ModelSamplingSD3", f"Shift 12 ({expert} noise)", shift=12.0)
+        tokens[expert] = models.add("VPE_ByGSourceTokens", f"ByG source tokens ({expert} noise)")
+        for src, o, dst, name in ((experts[expert], "MODEL", lora, "model"), (lora, "model", shift, "model"),
+                                  (shift, "MODEL", tokens[expert], "model"),
+                                  (encode, "LATENT", tokens[expert], "source")):
+            g.link(src, o, dst, name)
+    positive = prompts.add("CLIPTextEncode", "Edit prompt", height=150, text="the same scene on a snowy winter day")
+    negative = prompts.add("CLIPTextEncode", "Negative prompt", text=WAN_NEGATIVE)
+    high = ksampler(sampling, "High-noise expert: steps 0-25", True, 0, 26, steps=40, cfg=4.0, sampler="uni_pc")
+    low = ksampler(sampling, "Low-noise expert: steps 26-39", False, 26, 10000, steps=40, cfg=3.0, sampler="uni_pc")
+    decode = out.add("VAEDecode", "Decode")
+    make = out.add("CreateVideo", "Edited clip (source sound)", fps=16.0)
+    save = out.add("SaveVideo", "Save video", height=340, filename_prefix="videoprior/byg_video")
+    for sampler, expert in ((high, "high"), (low, "low")):
+        for src, o, name in ((tokens[expert], "model", "model"), (positive, "CONDITIONING", "positive"),
+                             (negative, "CONDITIONING", "negative")):
+            g.link(src, o, sampler, name)
+    for src, o, dst, name in ((video, "VIDEO", parts, "video"), (parts, "images", fit, "image"),
+                              (fit, "image", encode, "pixels"), (vae, "VAE", encode, "vae"),
+                              (clip, "CLIP", positive, "clip"), (clip, "CLIP", negative, "clip"),
+                              (tokens["high"], "latent", high, "latent_image"), (high, "LATENT", low, "latent_image"),
+                              (low, "LATENT", decode, "samples"), (vae, "VAE", decode, "vae"),
+                              (decode, "IMAGE", make, "images"), (parts, "audio", make, "audio"),
+                              (parts, "fps", make, "fps"), (make, "VIDEO", save, "video")):
+        g.link(src, o, dst, name)
+    g.note(BYG_VIDEO_NOTE, (40, max(c.y for c in (source, loaders, models)) + 40), note_size(BYG_VIDEO_NOTE))
 
 
 IMVIDEOEDIT_NOTE = """ImVideoEdit spatial-difference video edit on Wan2.1-T2V-1.3B
@@ -373,9 +395,10 @@ def wan22_i2v_native(g: Graph, columns: list[Column]) -> dict:
     return n
 
 
-def ksampler(column: Column, title: str, first: bool, start: int, end: int, steps: int = 8, cfg: float = 1.0) -> dict:
+def ksampler(column: Column, title: str, first: bool, start: int, end: int, steps: int = 8, cfg: float = 1.0,
+             sampler: str = "euler") -> dict:
     return column.add("KSamplerAdvanced", title, add_noise="enable" if first else "disable", noise_seed=42,
-                      steps=steps, cfg=cfg, sampler_name="euler", scheduler="simple", start_at_step=start,
+                      steps=steps, cfg=cfg, sampler_name=sampler, scheduler="simple", start_at_step=start,
                       end_at_step=end, return_with_leftover_noise="enable" if first else "disable")
 
 
