@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from ...videoprior_edit.byg.video import POSITION_MODES, SOURCE_TIMESTEPS, source_positions
+from ...videoprior_edit.byg.video import (
+    POSITION_MODES,
+    SOURCE_TIMESTEPS,
+    source_positions,
+)
 from ...videoprior_edit.errors import InputError
 from .. import host
 from .patches import with_clip_positions
@@ -26,8 +30,9 @@ class SourceTokens:
     def __init__(self, source: torch.Tensor, source_timestep: str):
         self.source, self.source_timestep = source, source_timestep
 
-    def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options={},
+    def __call__(self, executor, x, timestep, context, clip_fea=None, time_dim_concat=None, transformer_options=None,
                  **kwargs):
+        transformer_options = {} if transformer_options is None else transformer_options
         frames = x.shape[2]
         if tuple(self.source.shape[1:]) != tuple(x.shape[1:]):
             raise InputError(f"The ByG source latent {tuple(self.source.shape)} does not fit the clip being sampled "

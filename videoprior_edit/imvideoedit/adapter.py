@@ -28,9 +28,11 @@ from torch import nn
 from ..errors import InputError, ModelFileError
 from ..weights import WeightFile, save_file
 from .blocks import (
+    DIFFUSERS_PARTS,
     JOINT_ROPE,
     AdaptedSelfAttention,
     JointContext,
+    Parts,
     SpatialDifferenceAttention,
     joint_rope,
 )
@@ -76,13 +78,14 @@ class AdapterConfig:
 
 
 class ImVideoEditAdapter(nn.Module):
-    """The Spatial Difference Attention modules of the adapted blocks (`blocks[str(i)]`) and their config."""
+    """The Spatial Difference Attention modules of the adapted blocks (`blocks[str(i)]`) and their config; `parts`:
+    how their layers are built (diffusers' by default; see `blocks.Parts`)."""
 
-    def __init__(self, config: AdapterConfig):
+    def __init__(self, config: AdapterConfig, parts: Parts = DIFFUSERS_PARTS):
         super().__init__()
         self.config = config
         self.blocks = nn.ModuleDict({str(i): SpatialDifferenceAttention(config.dim, config.heads, config.gate_hidden,
-                                                                        config.eps) for i in config.blocks})
+                                                                        config.eps, parts) for i in config.blocks})
 
 
 def base_identity(transformer) -> dict:
@@ -124,7 +127,11 @@ def create_adapter(transformer, blocks: list[int] | None = None, gate_hidden: in
 
 def check_base(config: AdapterConfig, transformer) -> None:
     """Refuse a base model the adapter was not made for, saying which one it needs."""
-    ident = base_identity(transformer)
+    check_identity(config, base_identity(transformer))
+
+
+def check_identity(config: AdapterConfig, ident: dict) -> None:
+    """`check_base` for a model given by its identity (`base`, `family`, `size`, `dim`, `heads`, `layers`)."""
     keys = ("family", "dim", "heads", "layers")
     if any(ident[k] != getattr(config, k) for k in keys) or config.size != ident["size"] != "unknown":
         raise ModelFileError(f"This ImVideoEdit adapter was trained on {config.describe()}; the loaded model is "
@@ -223,12 +230,14 @@ def read_config(path: str | Path) -> AdapterConfig:
     return AdapterConfig(**data)
 
 
-def load_adapter(path: str | Path, transformer=None, dtype: torch.dtype = torch.float32) -> ImVideoEditAdapter:
-    """Load an adapter file (checked against `transformer` when given) with weights in `dtype`."""
+def load_adapter(path: str | Path, transformer=None, dtype: torch.dtype = torch.float32,
+                 parts: Parts = DIFFUSERS_PARTS) -> ImVideoEditAdapter:
+    """Load an adapter file (checked against `transformer` when given) with weights in `dtype`, its layers built
+    with `parts`."""
     config = read_config(path)
     if transformer is not None:
         check_base(config, transformer)
-    adapter = ImVideoEditAdapter(config)
+    adapter = ImVideoEditAdapter(config, parts)
     wf = WeightFile(path)
     expected = adapter.state_dict()
     if set(wf.keys()) != set(expected):

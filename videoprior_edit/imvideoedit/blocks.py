@@ -103,19 +103,34 @@ def _layer_norm(dim: int, eps: float) -> nn.Module:
     return FP32LayerNorm(dim, eps, elementwise_affine=True)
 
 
+@dataclass(frozen=True)
+class Parts:
+    """How the adapter's layers are built: `attention(dim, heads, eps, cross)` (a module with diffusers'
+    WanAttention parameter names and call `(x, text, mask, rotary_emb)`), `layer_norm(dim, eps)` and
+    `linear(in, out)`. The library's are diffusers' (below); ComfyUI's native nodes pass ones built from comfy.ops
+    with ComfyUI's attention, so an adapter file loads into either and the maths above and below are the same."""
+
+    attention: object
+    layer_norm: object
+    linear: object = nn.Linear
+
+
+DIFFUSERS_PARTS = Parts(attention=_attention, layer_norm=_layer_norm)
+
+
 class SpatialDifferenceAttention(nn.Module):
     """Predict-Update Spatial Difference Attention with Text-Guided Dynamic Semantic Gating, for one block."""
 
-    def __init__(self, dim: int, heads: int, gate_hidden: int, eps: float = 1e-6):
+    def __init__(self, dim: int, heads: int, gate_hidden: int, eps: float = 1e-6, parts: Parts = DIFFUSERS_PARTS):
         super().__init__()
-        self.predict = _attention(dim, heads, eps, cross=False)  # Phi_p
-        self.fuse = nn.Linear(dim, dim)  # eq. 5's zero-initialised projection
-        self.update_norm = _layer_norm(dim, eps)
-        self.update = _attention(dim, heads, eps, cross=False)  # Phi_u
-        self.gate_norm = _layer_norm(dim, eps)
-        self.gate_attn = _attention(dim, heads, eps, cross=True)
-        self.gate_mlp = nn.Sequential(nn.Linear(dim, gate_hidden), nn.GELU(approximate="tanh"),
-                                      nn.Linear(gate_hidden, dim))
+        self.predict = parts.attention(dim, heads, eps, cross=False)  # Phi_p
+        self.fuse = parts.linear(dim, dim)  # eq. 5's zero-initialised projection
+        self.update_norm = parts.layer_norm(dim, eps)
+        self.update = parts.attention(dim, heads, eps, cross=False)  # Phi_u
+        self.gate_norm = parts.layer_norm(dim, eps)
+        self.gate_attn = parts.attention(dim, heads, eps, cross=True)
+        self.gate_mlp = nn.Sequential(parts.linear(dim, gate_hidden), nn.GELU(approximate="tanh"),
+                                      parts.linear(gate_hidden, dim))
 
     def gate(self, delta: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """G = sigmoid(GateProj(CrossAttn(LN(delta), text))), same shape as `delta` (eqs. 8-9)."""
