@@ -14,5 +14,5 @@ fi
 if ! "$python" -c "import playwright.sync_api" 2>/dev/null; then
   "$python" -m pip install -q --disable-pip-version-check playwright
 fi
-/usr/bin/chromium --version
+/usr/bin/chromium --version 2>/dev/null
 "$python" -c "import importlib.metadata as m; print('playwright', m.version('playwright'))"
