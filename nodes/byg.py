@@ -65,7 +65,8 @@ class ByGVideoEdit:
             "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
                 "Flow shift; 0 = Wan's default (A14B: 12, Wan2.1: 5).")}),
             "scheduler": (list(SCHEDULERS), {"default": "unipc", "tooltip": "unipc: the paper's (Wan's default)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed."}),
         }, "optional": {
             "frames": ("IMAGE", {"tooltip": (
                 "The source clip as an IMAGE batch (wins over 'video' when both are connected). Cut to 4k+1 frames.")}),
@@ -123,7 +124,8 @@ class ByGImageEdit:
             "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 200, "tooltip": "Steps (the paper: 20)."}),
             "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": (
                 "FLUX.1-dev's embedded guidance (3.5; Kontext uses 2.5).")}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed."}),
         }, "optional": {
             "positions": (list(IMAGE_POSITIONS), {"default": "byg", "tooltip": (
                 "byg: the source tokens get the noisy tokens' positions (ByG); kontext: FLUX.1-Kontext's offset "

@@ -45,7 +45,8 @@ class IFEditImageToVideo:
             "scheduler": (list(SCHEDULERS), {"default": "lightning", "tooltip": (
                 "lightning: Euler on the schedule the Lightning LoRAs were distilled on (use with them); unipc: "
                 "Wan's default sampler for 20-50 steps; euler: flow-match Euler.")}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed."}),
             "temporal_latent_dropout": ("BOOLEAN", {"default": True, "tooltip": (
                 "IF-Edit's TLD: after the layout is set (threshold), denoise only every K-th latent frame. About "
                 "1.75x faster in the paper with the same quality.")}),

@@ -80,7 +80,8 @@ class ImVideoEditVideoEdit:
                 "Flow shift: 3.0 for 480p (Wan2.1-T2V-1.3B), 5.0 for 720p.")}),
             "scheduler": (list(SCHEDULERS), {"default": "unipc", "tooltip": (
                 "unipc: Wan's default sampler; euler: flow-match Euler; lightning: linear sigmas.")}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed."}),
         }, "optional": {
             "frames": ("IMAGE", {"tooltip": (
                 "The source video as an IMAGE batch (one image per frame). Any frame count: it is padded to 4k+1 "

@@ -56,7 +56,7 @@ class PromptRewriter:
             "local_model": (host.model_choices("LLM", optional=True), {"tooltip": (
                 "local backend: a Qwen2.5-VL / Qwen3-VL / Qwen3-VL-MoE folder in models/LLM, e.g. "
                 "Qwen3-VL-8B-Instruct (the paper: Qwen3-VL-30B-A3B-Instruct). Press 'r' after adding one.")}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": (
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True, "tooltip": (
                 "Sampling seed: the same seed, model and settings give the same prompt (local backend; chat "
                 "servers when they honour seeds).")}),
         }, "optional": {

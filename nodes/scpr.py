@@ -113,7 +113,8 @@ class StillVideoRefiner:
                 "Guidance for both experts; 1 with Lightning LoRAs.")}),
             "shift": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 20.0, "step": 0.1, "tooltip": "Flow shift."}),
             "scheduler": (list(SCHEDULERS), {"default": "lightning", "tooltip": "As in the I2V editor."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed."}),
             "score": (list(SCORES), {"default": "variance", "tooltip": SCORE_TOOLTIP}),
         }}
 

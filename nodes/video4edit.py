@@ -21,7 +21,8 @@ def _sampling_inputs(steps: int, cfg: float, shift: float, what: str) -> dict:
         "shift": ("FLOAT", {"default": shift, "min": 0.1, "max": 30.0, "step": 0.1, "tooltip": "Flow shift."}),
         "scheduler": (list(SCHEDULERS), {"default": "unipc", "tooltip": (
             "unipc: Wan's default sampler; euler: flow-match Euler; lightning: linear sigmas (distilled models).")}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                     "tooltip": "Noise seed."}),
     }
 
 

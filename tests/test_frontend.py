@@ -36,23 +36,6 @@ VUE_NODES = "Comfy.VueNodes.Enabled"  # the "Modern Node Design (Nodes 2.0)" set
 # internal script modules), which only a custom node's web code triggers (the pack's is the only one here).
 OURS = re.compile(r"videoprior|vpe_|node_report|inputEl|is an internal module", re.IGNORECASE)
 
-# Shipped workflows whose boxes overlap once the frontend has sized them (renderer, workflow stem): the builder
-# (workflows/build.py) is to space them; until then the overlap test reports them as expected failures.
-KNOWN_OVERLAPS = {
-    ("canvas", "if_edit_image_edit_own_loaders"),
-    ("vue", "if_edit_image_edit_own_loaders"),
-    ("vue", "if_edit_image_edit_full"),
-    ("vue", "if_edit_image_edit_no_vlm"),
-    ("vue", "video4edit_chronoedit_tail_frame_edit"),
-}
-
-
-# Nodes whose saved widget values the frontend reads one slot off: ComfyUI's frontend (1.49.6 and 1.58.1) drops
-# the value after `seed` (its control_after_generate) when a node has a forceInput input and its seed spec lacks
-# "control_after_generate": True, so every later widget gets its neighbour's value. Fix in nodes/rewrite.py.
-KNOWN_SHIFTED_WIDGETS = ("VPE_PromptRewriter ",)
-
-
 def _browser_installed() -> bool:
     return Path(CHROMIUM).is_file() and importlib.util.find_spec("playwright") is not None
 
@@ -215,9 +198,6 @@ def test_shipped_workflow_loads(frontend, path, tmp_path):
     assert sorted(prompt) == sorted(twin)
     wrong = {f"{twin[i]['class_type']} #{i}.{name}": f"{value!r} -> {prompt[i]['inputs'].get(name, '<none>')!r}"
              for i in twin for name, value in twin[i]["inputs"].items() if prompt[i]["inputs"].get(name) != value}
-    if wrong and all(key.startswith(KNOWN_SHIFTED_WIDGETS) for key in wrong):
-        pytest.xfail(f"{path.name}: the frontend shifts VPE_PromptRewriter's widget values by one (its seed input has "
-                     f"no control_after_generate flag while vlm_answer is forceInput): {wrong}")
     assert not wrong, f"{path.name}: widget values the frontend reads differently from the API twin: {wrong} ({shot})"
 
 
@@ -249,8 +229,6 @@ def test_shipped_workflow_nodes_do_not_overlap(frontend, path, renderer, tmp_pat
                (b["drawn"] and b["drawn"][1] > saved[b["id"]]["size"][1] + b["titleHeight"])]
     report = (f"{path.name} ({frontend.name} frontend {frontend.version}, {renderer}): " + "; ".join(overlaps)
               + "\n  sizes: " + "; ".join(resized) + f"\n  screenshot: {shot}")
-    if overlaps and (renderer, path.stem) in KNOWN_OVERLAPS:
-        pytest.xfail("known overlap, to be fixed in workflows/build.py: " + report)
     assert not overlaps, report
 
 

@@ -73,30 +73,49 @@ def schemas() -> dict:
 
 
 class Column:
-    """Nodes stacked top to bottom at `x`, each as tall as its widgets and slots need (so no two boxes overlap)."""
+    """Nodes stacked top to bottom at `x` with no two boxes overlapping in either renderer: each node saved as tall
+    as the classic canvas draws it (`box_height`), the next one placed below what the Vue renderer ("Nodes 2.0")
+    draws, which is taller (`drawn_height`; tests/test_frontend.py checks both)."""
 
-    def __init__(self, g: Graph, x: int, width: int, y: int = 80, gap: int = 60):
+    def __init__(self, g: Graph, x: int, width: int, y: int = 80, gap: int = 40):
         self.g, self.x, self.width, self.y, self.gap = g, x, width, y, gap
 
     def add(self, kind: str, title: str, height: int | None = None, **widgets) -> dict:
-        height = height or box_height(self.g.schemas[kind], widgets)
+        schema = self.g.schemas[kind]
+        height = height or box_height(schema)
         node = self.g.node(kind, (self.x, self.y), title, (self.width, height), **widgets)
-        self.y += height + self.gap
+        self.y += max(height + TITLE, drawn_height(schema, height)) + self.gap
         return node
 
 
-def box_height(schema: dict, widgets: dict) -> int:
-    """A node body tall enough for its link slots / outputs (20 px a row) and its widgets (24 px; a multiline text
-    box 110 px; an image preview 300 px)."""
-    slots = widget_slots(schema)
+TITLE = 30  # LiteGraph's title bar, drawn above a node's position
+
+
+def _rows(schema: dict) -> tuple[int, list]:
+    """(link slot rows: the larger of inputs without a widget and outputs, the widget slots)."""
     links = sum(1 for section in ("required", "optional") for spec in schema["input"].get(section, {}).values()
                 if not is_widget(spec))
-    rows = max(links, len(schema["output"]))
+    return max(links, len(schema["output"])), widget_slots(schema)
+
+
+def box_height(schema: dict) -> int:
+    """A node body as tall as the classic canvas needs: 20 px a link row, 24 px a widget (a multiline text box
+    110 px, an image preview 300 px)."""
+    rows, slots = _rows(schema)
     height = 20 * rows + 16
     for name, spec in slots:
         multiline = spec[0] == "STRING" and len(spec) > 1 and spec[1].get("multiline")
         height += 300 if name.endswith("#upload") else 110 if multiline else 24
     return height
+
+
+def drawn_height(schema: dict, saved: int) -> int:
+    """What the Vue renderer draws, title included (measured in frontends 1.49 and 1.58: about 30 px a link row,
+    32 px a widget row, previews and text boxes as saved)."""
+    rows, slots = _rows(schema)
+    widgets = sum(1 for name, _ in slots if not name.endswith(("#control", "#upload")))
+    return max(TITLE + saved, TITLE + 30 * rows + 32 * widgets + (300 if any(n.endswith("#upload") for n, _ in slots)
+                                                                 else 0))
 
 
 def note_size(text: str) -> tuple[int, int]:
@@ -105,7 +124,7 @@ def note_size(text: str) -> tuple[int, int]:
     return 7 * max(len(line) for line in lines) + 40, 16 * len(lines) + 60
 
 
-IF_EDIT_NOTE = """IF-Edit image edit ({what})
+IF_EDIT_NOTE = """IF-Edit image edit on the pack's own loaders ({what})
 
 Chain: the rewriter turns the instruction into an evolution prompt -> a 33-frame image-to-video clip on
 Wan2.2-I2V-A14B with the Lightning LoRAs (8 steps, CFG 1) and Temporal Latent Dropout (K=3 after t=900) ->
@@ -138,42 +157,37 @@ VLM_LINES = {"template": "No VLM: the template rewriter writes a simple evolutio
                        "GPU needs its own memory while it answers (start Ollama with OLLAMA_KEEP_ALIVE=0 to free it)."}
 
 
-def a14b_with_loras(g: Graph, task: str, title: str, lora: str) -> tuple:
-    """A Wan2.2 A14B loader (`task` i2v / t2v, bf16, one expert at a time) and a LoRA node per expert (`lora`
-    with "{}" for high / low), chained: (loader, high LoRA, low LoRA)."""
-    loader = g.node("VPE_WanModelLoader", (40, 460), f"Wan2.2-{task.upper()}-A14B", (380, 280),
-                    model=f"wan2.2_{task}_high_noise_14B_fp16.safetensors",
-                    model_low_noise=f"wan2.2_{task}_low_noise_14B_fp16.safetensors",
-                    text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors", clip_vision="none",
-                    precision="bf16", placement="one_expert")
-    high, low = (g.node("VPE_WanLoraLoader", (460, y), f"{title} ({expert} noise)", (340, 130),
-                        lora=lora.format(expert), strength=1.0, expert=expert)
-                 for expert, y in (("high", 460), ("low", 620)))
-    return loader, high, low
-
-
 def if_edit(g: Graph, backend: str) -> None:
-    image = g.node("LoadImage", (40, 80), "Source image", (320, 320), image="example.png")
-    loader, high, low = a14b_with_loras(g, "i2v", "Lightning", "wan2.2_i2v_lightx2v_4steps_lora_v1_{}_noise.safetensors")
-    rewrite = g.node("VPE_PromptRewriter", (440, 80), "Evolution prompt", (380, 340),
-                     instruction="take the paper card out of her hand", mode="edit", backend=backend,
-                     local_model="none", seed=0)
-    editor = g.node("VPE_IFEditImageToVideo", (860, 80), "I2V edit with TLD", (380, 560), seed=42)
-    tail = g.node("VPE_DecodeLastFrames", (1280, 80), "Last latent's frames", (320, 130), tail_latents=1, exact=True)
-    pick = g.node("VPE_SharpestFrame", (1280, 260), "Sharpest candidate", (320, 130))
-    refine = g.node("VPE_StillVideoRefiner", (1640, 80), "Still-video refine", (380, 460), seed=42)
-    save = g.node("SaveImage", (2060, 80), "Edited image", (380, 380), filename_prefix="videoprior/if_edit")
-    for src, out, dst, name in ((loader, "wan_models", high, "wan_models"), (high, "wan_models", low, "wan_models"),
-                                (image, "IMAGE", rewrite, "image"), (low, "wan_models", rewrite, "wan_models"),
-                                (low, "wan_models", editor, "wan_models"), (image, "IMAGE", editor, "image"),
-                                (rewrite, "prompt", editor, "prompt"), (low, "wan_models", tail, "wan_models"),
-                                (editor, "wan_latents", tail, "wan_latents"), (tail, "frames", pick, "images"),
-                                (low, "wan_models", refine, "wan_models"), (pick, "frame", refine, "image"),
-                                (refine, "refined_frame", save, "images")):
-        g.link(src, out, dst, name)
-    what = "no VLM: template rewriter" if backend == "template" else "full chain with a VLM rewriter"
-    text = IF_EDIT_NOTE.format(what=what, vlm=VLM_LINES[backend])
-    g.note(text, (860, 700), note_size(text))
+    """The IF-Edit chain on the pack's own loaders (the legacy path: low-RAM disk parking, the diffusers-exact run)."""
+    pics, loaders, prompts, editing, picking, refining, out = (
+        Column(g, x, w) for x, w in ((40, 340), (420, 380), (840, 380), (1260, 380), (1680, 340), (2060, 380),
+                                     (2480, 380)))
+    image = pics.add("LoadImage", "Source image", image="example.png")
+    loader = loaders.add("VPE_WanModelLoader", "Wan2.2-I2V-A14B",
+                         model="wan2.2_i2v_high_noise_14B_fp16.safetensors",
+                         model_low_noise="wan2.2_i2v_low_noise_14B_fp16.safetensors",
+                         text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors", clip_vision="none",
+                         precision="bf16", placement="one_expert_disk")
+    high, low = (loaders.add("VPE_WanLoraLoader", f"Lightning ({expert} noise)",
+                             lora=f"wan2.2_i2v_lightx2v_4steps_lora_v1_{expert}_noise.safetensors", strength=1.0,
+                             expert=expert) for expert in ("high", "low"))
+    rewrite = prompts.add("VPE_PromptRewriter", "Evolution prompt", instruction="take the paper card out of her hand",
+                          mode="edit", backend=backend, local_model="none", seed=0)
+    editor = editing.add("VPE_IFEditImageToVideo", "I2V edit with TLD", seed=42)
+    tail = picking.add("VPE_DecodeLastFrames", "Last latent's frames", tail_latents=1, exact=True)
+    pick = picking.add("VPE_SharpestFrame", "Sharpest candidate")
+    refine = refining.add("VPE_StillVideoRefiner", "Still-video refine", seed=42)
+    save = out.add("SaveImage", "Edited image", height=340, filename_prefix="videoprior/if_edit")
+    for src, o, dst, name in ((loader, "wan_models", high, "wan_models"), (high, "wan_models", low, "wan_models"),
+                              (image, "IMAGE", rewrite, "image"), (low, "wan_models", rewrite, "wan_models"),
+                              (low, "wan_models", editor, "wan_models"), (image, "IMAGE", editor, "image"),
+                              (rewrite, "prompt", editor, "prompt"), (low, "wan_models", tail, "wan_models"),
+                              (editor, "wan_latents", tail, "wan_latents"), (tail, "frames", pick, "images"),
+                              (low, "wan_models", refine, "wan_models"), (pick, "frame", refine, "image"),
+                              (refine, "refined_frame", save, "images")):
+        g.link(src, o, dst, name)
+    text = IF_EDIT_NOTE.format(what="the pack's own loaders", vlm=VLM_LINES[backend])
+    g.note(text, (40, max(c.y for c in (pics, loaders)) + 40), note_size(text))
 
 
 BYG_IMAGE_NOTE = """ByG image edit on FLUX.1-dev with an editing LoRA
@@ -293,53 +307,63 @@ def byg_video(g: Graph) -> None:
     g.note(BYG_VIDEO_NOTE, (40, max(c.y for c in (source, loaders, models)) + 40), note_size(BYG_VIDEO_NOTE))
 
 
-IMVIDEOEDIT_NOTE = """ImVideoEdit spatial-difference video edit on Wan2.1-T2V-1.3B
+IMVIDEOEDIT_NOTE = """ImVideoEdit spatial-difference video edit on ComfyUI's own Wan2.1-T2V-1.3B nodes
 
 A trained adapter (Predict-Update spatial-difference attention blocks + a text gate) on the frozen T2V
-model edits each frame's content while the model keeps the motion. Wan2.1-T2V's sampling: 50 UniPC
-steps, CFG 5, shift 3 (480p), Wan's standard negative prompt. The output has the source's frame count
-and frame rate; the longer side is scaled to max_side 832 (480p). Load Video reads every frame: trim
-long videos first (Wan2.1 was trained on 81 frames at 16 fps).
+model edits each frame's content while the model keeps the motion: the ImVideoEdit Adapter node puts the
+source video's latents in the batch beside the clip being sampled. Wan2.1-T2V's sampling: 50 steps,
+CFG 5, shift 3 (480p), Wan's negative prompt. The clip is cut to 4k+1 frames (10 -> 9), keeps its sound and
+frame rate, and is scaled to max_side 832 (480p). Load Video reads every frame: trim long videos first.
 
 Models (videoprior-edit models download imvideoedit --models ComfyUI/models):
 - diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors (2.8 GB)
-- text_encoders/umt5_xxl_fp16.safetensors (11.4 GB), vae/wan_2.1_vae.safetensors (0.25 GB)
+- text_encoders/umt5_xxl_fp16.safetensors (11.4 GB; or umt5_xxl_fp8_e4m3fn_scaled, 6.7 GB)
+- vae/wan_2.1_vae.safetensors (0.25 GB)
 - loras/imvideoedit_adapter.safetensors (~2.1 GB in bf16 for 1.3B): train it from image pairs with
   `videoprior-edit train-imvideoedit` (no adapter is published).
 
-GPU memory per placement (estimates from the weight sizes in bf16, not measured; activations on top,
-for two chunks, source and target):
-- all_on_device: ~17 GB (the model, the adapter, UMT5-XXL and the VAE stay on the GPU)
-- one_expert (default): ~14 GB while UMT5-XXL encodes the prompt, ~6 GB while sampling (the model
-  and the adapter)
-- one_expert_disk: as one_expert; what waits is dropped from RAM and re-read from its file
-- block_offload: ~14 GB while UMT5-XXL encodes, ~3 GB while sampling (the adapter stays on the GPU)
-- weight_storage fp8_e4m3fn saves ~1.4 GB of the model's weights (the adapter stays bf16)
+GPU memory by card (estimates from the weight sizes, not measured; the source chunk doubles the batch;
+ComfyUI offloads the text encoder after encoding):
+- 12 GB and up: the model (2.8 GB) + the adapter (~2.1 GB) + activations of 33 frames at 480p
+- 8 GB: max_side 640 and 17-33 frames, or weight_dtype fp8_e4m3fn on the loader
 
-Tweak: strength < 1 starts from the noised source (closer to it, fewer steps run); fewer frames for a
-quick try; write the prompt as the edited video ("a red car on a snowy road"), not as an instruction."""
+Tweak: write the prompt as the edited video ("a red car on a snowy road"), not as an instruction; fewer
+frames for a quick try; a KSamplerAdvanced starting at a later step on the source latent (add noise on)
+keeps more of the source."""
 
 
 def imvideoedit(g: Graph) -> None:
-    video = g.node("LoadVideo", (40, 80), "Source video", (320, 320), file="example.mp4")
-    loader = g.node("VPE_WanModelLoader", (40, 460), "Wan2.1-T2V-1.3B", (380, 280),
-                    model="wan2.1_t2v_1.3B_fp16.safetensors", model_low_noise="none",
-                    text_encoder="umt5_xxl_fp16.safetensors", vae="wan_2.1_vae.safetensors", clip_vision="none",
-                    precision="bf16", placement="one_expert")
-    adapter = g.node("VPE_ImVideoEditAdapterLoader", (460, 460), "ImVideoEdit adapter", (340, 130),
-                     adapter="imvideoedit_adapter.safetensors")
-    editor = g.node("VPE_ImVideoEditVideoEdit", (860, 80), "ImVideoEdit video edit", (380, 520),
-                    prompt="a red sports car drives along a snowy mountain road", seed=42)
-    parts = g.node("GetVideoComponents", (1280, 260), "Source sound", (300, 120))
-    make = g.node("CreateVideo", (1280, 80), "Edited clip (source sound)", (300, 120), fps=16.0)
-    save = g.node("SaveVideo", (1620, 80), "Save video", (380, 380), filename_prefix="videoprior/imvideoedit")
-    for src, out, dst, name in ((loader, "wan_models", adapter, "wan_models"), (loader, "wan_models", editor,
-                                "wan_models"), (adapter, "adapter", editor, "adapter"), (video, "VIDEO", editor, "video"),
-                                (editor, "frames", make, "images"), (editor, "fps", make, "fps"),
-                                (video, "VIDEO", parts, "video"), (parts, "audio", make, "audio"),
-                                (make, "VIDEO", save, "video")):
-        g.link(src, out, dst, name)
-    g.note(IMVIDEOEDIT_NOTE, (460, 660), note_size(IMVIDEOEDIT_NOTE))
+    source, loaders, models, prompts, out = (
+        Column(g, x, w) for x, w in ((40, 340), (420, 400), (860, 380), (1280, 420), (1740, 380)))
+    video = source.add("LoadVideo", "Source video", file="example.mp4")
+    parts = source.add("GetVideoComponents", "Frames, sound, rate")
+    fit = source.add("VPE_FitImageForWan", "Fit for Wan (480p)", max_side=832)
+    unet = loaders.add("UNETLoader", "Wan2.1-T2V-1.3B", unet_name="wan2.1_t2v_1.3B_fp16.safetensors")
+    clip = loaders.add("CLIPLoader", "UMT5-XXL", clip_name="umt5_xxl_fp16.safetensors", type="wan")
+    vae = loaders.add("VAELoader", "Wan VAE", vae_name="wan_2.1_vae.safetensors")
+    encode = loaders.add("VAEEncode", "Source latents")
+    shift = models.add("ModelSamplingSD3", "Shift 3 (480p)", shift=3.0)
+    adapter = models.add("VPE_ImVideoEditAdapterNative", "ImVideoEdit adapter", adapter="imvideoedit_adapter.safetensors")
+    positive = prompts.add("CLIPTextEncode", "The edited video", height=150,
+                           text="a red sports car drives along a snowy mountain road")
+    negative = prompts.add("CLIPTextEncode", "Negative prompt", text=WAN_NEGATIVE)
+    sampler = prompts.add("KSampler", "Sampler (50 steps, CFG 5)", seed=42, steps=50, cfg=5.0, sampler_name="uni_pc",
+                          scheduler="simple")
+    decode = out.add("VAEDecode", "Decode")
+    make = out.add("CreateVideo", "Edited clip (source sound)", fps=16.0)
+    save = out.add("SaveVideo", "Save video", height=340, filename_prefix="videoprior/imvideoedit")
+    for src, o, dst, name in ((video, "VIDEO", parts, "video"), (parts, "images", fit, "image"),
+                              (fit, "image", encode, "pixels"), (vae, "VAE", encode, "vae"),
+                              (unet, "MODEL", shift, "model"), (shift, "MODEL", adapter, "model"),
+                              (encode, "LATENT", adapter, "source"), (clip, "CLIP", positive, "clip"),
+                              (clip, "CLIP", negative, "clip"), (adapter, "model", sampler, "model"),
+                              (positive, "CONDITIONING", sampler, "positive"),
+                              (negative, "CONDITIONING", sampler, "negative"), (adapter, "latent", sampler, "latent_image"),
+                              (sampler, "LATENT", decode, "samples"), (vae, "VAE", decode, "vae"),
+                              (decode, "IMAGE", make, "images"), (parts, "audio", make, "audio"),
+                              (parts, "fps", make, "fps"), (make, "VIDEO", save, "video")):
+        g.link(src, o, dst, name)
+    g.note(IMVIDEOEDIT_NOTE, (40, max(c.y for c in (source, loaders, models)) + 40), note_size(IMVIDEOEDIT_NOTE))
 
 
 NATIVE_MODELS = """Models (videoprior-edit models download if-edit-fp8 --models ComfyUI/models):

@@ -37,7 +37,8 @@ class IFEditSampler:
                                                      "prompt and the source image)."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative conditioning from WanImageToVideo."}),
             "latent": ("LATENT", {"tooltip": "The empty video latent from WanImageToVideo (33 frames in the paper)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Noise seed."}),
             "steps": ("INT", {"default": 8, "min": 1, "max": 200, "tooltip": (
                 "Denoising steps: 8 with the Lightning LoRAs (the paper), about 40 without.")}),
             "cfg_high_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": (
