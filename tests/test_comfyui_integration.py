@@ -43,9 +43,12 @@ def test_loader_dropdowns_list_the_tiny_zoo(comfy, zoo):
 def test_if_edit_graph_runs_in_comfyui(comfy, zoo):
     from PIL import Image
 
+    from comfy_host import source_image
+
+    source_image().resize((512, 384)).save(comfy.base / "input" / "vpe_large.png")  # a long run: 512x384 x 121
     name = lambda key: zoo.file(key).name
     prompt = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "vpe_source.png"}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": "vpe_large.png"}},
         "2": {"class_type": "VPE_WanModelLoader", "inputs": {
             "model": name("wan22_i2v_high"), "model_low_noise": name("wan22_i2v_low"), "text_encoder": name("umt5"),
             "vae": name("vae"), "clip_vision": "none", "precision": "fp32", "weight_storage": "default",
@@ -73,9 +76,10 @@ def test_if_edit_graph_runs_in_comfyui(comfy, zoo):
 WORKFLOWS = sorted(p for p in (REPO / "workflows" / "api").glob("*.json"))
 EDITORS = {"VPE_TailFrameEditor", "VPE_IFEditImageToVideo", "VPE_StillVideoRefiner", "VPE_ByGImageEdit",
            "VPE_ByGVideoEdit", "VPE_ImVideoEditVideoEdit", "VPE_TemporalLatentDropout", "VPE_IFEditSampler",
-           "VPE_ChronoEditTemporalReasoning", "VPE_ByGSourceTokens"}  # the nodes that report on their run (ui.text)
+           "VPE_ChronoEditTemporalReasoning", "VPE_ByGSourceTokens",
+           "VPE_ImVideoEditAdapterNative"}  # the nodes that report on their run (ui.text)
 VIDEO_FRAMES = {"byg_video_edit_wan22_t2v_lora": 9,  # the 10-frame source cut to 4k+1
-                "imvideoedit_spatial_difference_video_edit": 10}  # as many frames as the source
+                "imvideoedit_spatial_difference_video_edit": 9}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -159,18 +163,21 @@ def test_cancel_stops_an_own_loader_edit_quickly(comfy, zoo):
     """ComfyUI's Cancel (POST /interrupt) reaches inside the pack's long stages: the run stops within a second."""
     import time
 
+    from comfy_host import source_image
+
+    source_image().resize((512, 384)).save(comfy.base / "input" / "vpe_large.png")  # a long run: 512x384 x 121
     name = lambda key: zoo.file(key).name
     prompt = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "vpe_source.png"}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": "vpe_large.png"}},
         "2": {"class_type": "VPE_WanModelLoader", "inputs": {
             "model": name("wan22_i2v_high"), "model_low_noise": name("wan22_i2v_low"), "text_encoder": name("umt5"),
             "vae": name("vae"), "clip_vision": "none", "precision": "fp32", "weight_storage": "default",
             "placement": "one_expert", "vae_tiling": False}},
         "3": {"class_type": "VPE_IFEditImageToVideo", "inputs": {
-            "wan_models": ["2", 0], "image": ["1", 0], "prompt": "a slow one", "negative_prompt": "", "frames": 161,
-            "steps": 200, "cfg_high_noise": 1.0, "cfg_low_noise": 1.0, "shift": 5.0, "scheduler": "euler",
+            "wan_models": ["2", 0], "image": ["1", 0], "prompt": "a slow one", "negative_prompt": "", "frames": 121,
+            "steps": 8, "cfg_high_noise": 1.0, "cfg_low_noise": 1.0, "shift": 5.0, "scheduler": "euler",
             "seed": 3, "temporal_latent_dropout": False, "tld_k": 3, "tld_threshold": 0.9, "tld_keep_last": False,
-            "tld_rope": "original", "max_side": 256}},
+            "tld_rope": "original", "max_side": 512}},
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
     }
     prompt_id = comfy.post("/prompt", {"prompt": prompt, "client_id": "vpe-test"})["prompt_id"]
