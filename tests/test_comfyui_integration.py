@@ -43,12 +43,9 @@ def test_loader_dropdowns_list_the_tiny_zoo(comfy, zoo):
 def test_if_edit_graph_runs_in_comfyui(comfy, zoo):
     from PIL import Image
 
-    from comfy_host import source_image
-
-    source_image().resize((512, 384)).save(comfy.base / "input" / "vpe_large.png")  # a long run: 512x384 x 121
     name = lambda key: zoo.file(key).name
     prompt = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "vpe_large.png"}},
+        "1": {"class_type": "LoadImage", "inputs": {"image": "vpe_source.png"}},
         "2": {"class_type": "VPE_WanModelLoader", "inputs": {
             "model": name("wan22_i2v_high"), "model_low_noise": name("wan22_i2v_low"), "text_encoder": name("umt5"),
             "vae": name("vae"), "clip_vision": "none", "precision": "fp32", "weight_storage": "default",
