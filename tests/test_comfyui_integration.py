@@ -75,8 +75,8 @@ EDITORS = {"VPE_TailFrameEditor", "VPE_IFEditImageToVideo", "VPE_StillVideoRefin
            "VPE_ByGVideoEdit", "VPE_ImVideoEditVideoEdit", "VPE_TemporalLatentDropout", "VPE_IFEditSampler",
            "VPE_ChronoEditTemporalReasoning", "VPE_ByGSourceTokens",
            "VPE_ImVideoEditAdapterNative"}  # the nodes that report on their run (ui.text)
-VIDEO_FRAMES = {"byg_video_edit_wan22_t2v_lora": 9,  # the 10-frame source cut to 4k+1
-                "imvideoedit_spatial_difference_video_edit": 9}
+VIDEO_FRAMES = {"ByG video edit (Wan2.2-T2V LoRAs)": 9,  # the 10-frame source cut to 4k+1
+                "ImVideoEdit video edit (Wan2.1-T2V adapter)": 9}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -190,3 +190,18 @@ def test_cancel_stops_an_own_loader_edit_quickly(comfy, zoo):
     assert history["status"]["status_str"] != "success"
     assert any(m[0] == "execution_interrupted" for m in history["status"]["messages"]), history["status"]
     assert took < 2.0, f"Cancel took {took:.1f} s"
+
+
+def test_only_the_workflows_are_templates_each_with_a_thumbnail(comfy):
+    """ComfyUI's template browser lists exactly the shipped workflows (no schema snapshot, no API twins), under their
+    readable names, and serves each file and its thumbnail."""
+    from urllib.parse import quote
+
+    listed = comfy.get("/api/workflow_templates")["comfyui-videoprior-edit"]
+    shipped = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+    assert sorted(listed) == shipped and len(shipped) == 7
+    for name in listed:
+        base = f"/api/workflow_templates/comfyui-videoprior-edit/{quote(name)}"
+        assert comfy.get(base + ".json")["nodes"]
+        with urllib.request.urlopen(comfy.url + base + ".jpg", timeout=30) as r:
+            assert r.read(3) == b"\xff\xd8\xff"  # a JPEG

@@ -26,7 +26,7 @@ import comfy_host
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))  # API twins: workflows/api/<same name>
 NEWEST_FRONTEND = os.environ.get("VPE_NEWEST_FRONTEND", "1.58.1")  # newest comfyui-frontend-package on PyPI (2026-12)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -194,7 +194,7 @@ def test_shipped_workflow_loads(frontend, path, tmp_path):
     # The API prompt the frontend makes from the workflow is the shipped API twin: every widget value landed in
     # the widget it was saved for (inputs the frontend adds for itself, such as LoadVideo's preview, aside).
     prompt = frontend.page.evaluate("async () => (await app.graphToPrompt()).output")
-    twin = json.loads((path.parent / "api" / path.name).read_text())
+    twin = json.loads((REPO / "workflows" / "api" / path.name).read_text())
     assert sorted(prompt) == sorted(twin)
     wrong = {f"{twin[i]['class_type']} #{i}.{name}": f"{value!r} -> {prompt[i]['inputs'].get(name, '<none>')!r}"
              for i in twin for name, value in twin[i]["inputs"].items() if prompt[i]["inputs"].get(name) != value}

@@ -229,17 +229,19 @@ def test_models_check_reports_exactly_the_models_a_shipped_workflow_uses(tmp_pat
     from videoprior_edit.cli import main
     from videoprior_edit.workflow import workflow_model_files
 
-    root = Path(__file__).resolve().parent.parent / "workflows"
+    repo = Path(__file__).resolve().parent.parent
+    root = repo / "example_workflows"
     by_file = {e["file"]: e for e in load_manifest(trained=True)}
     for ui_file in sorted(root.glob("*.json")):
         ui = json.loads(ui_file.read_text())
         names = workflow_model_files(ui)
-        assert names and names == workflow_model_files(json.loads((root / "api" / ui_file.name).read_text()))
+        api = json.loads((repo / "workflows" / "api" / ui_file.name).read_text())
+        assert names and names == workflow_model_files(api)
         assert main(["models", "check", "--models", str(tmp_path), "--workflow", str(ui_file)]) == 1  # all missing
         listed = [line.split("/", 1)[1].split()[0] for line in capsys.readouterr().out.splitlines()
                   if line.startswith("MISSING")]
         assert sorted(listed) == sorted(names) and all(n in by_file for n in names), ui_file.name
-    broken = json.loads((root / "if_edit_image_edit_no_vlm.json").read_text())
+    broken = json.loads((root / "IF-Edit image edit (no VLM).json").read_text())
     node = next(n for n in broken["nodes"] if "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors" in (n["widgets_values"] or []))
     node["widgets_values"][node["widgets_values"].index("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors")] = "my_wan.safetensors"
     (tmp_path / "broken.json").write_text(json.dumps(broken))
@@ -257,7 +259,7 @@ def test_trained_files_are_listed_with_the_command_that_makes_them(tmp_path, cap
     for e in trained:
         assert {"id", "name", "architecture", "purpose", "folder", "file", "groups"} <= e.keys()
         assert e["made_by"].startswith("videoprior-edit train-") and "source" not in e
-    flow = str(Path(__file__).resolve().parent.parent / "workflows" / "byg_image_edit_flux_lora.json")
+    flow = str(Path(__file__).resolve().parent.parent / "example_workflows" / "ByG image edit (FLUX.1-dev LoRA).json")
     assert main(["models", "check", "--models", str(tmp_path), "--workflow", flow]) == 1
     out = capsys.readouterr().out
     assert "1 file(s) to train" in out and "loras/byg_flux_lora.safetensors\n    <- videoprior-edit train-byg" in out

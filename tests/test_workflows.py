@@ -11,7 +11,9 @@ import pytest
 from videoprior_edit.manifest import load_manifest
 from videoprior_edit.workflow import Graph, check_workflow, ui_to_api, widget_slots
 
-WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = REPO / "workflows"
+EXAMPLES = REPO / "example_workflows"  # the UI files; their API twins: workflows/api/<same name>
 
 
 def _build_module():
@@ -32,16 +34,15 @@ def schemas(build):
 
 
 def _shipped() -> list[Path]:
-    return sorted(WORKFLOWS.glob("*.json"))
+    return sorted(EXAMPLES.glob("*.json"))
 
 
 def test_shipped_files_are_what_the_builder_writes(build, tmp_path):
     written = build.build(tmp_path)
-    names = {p.name for p in written if p.suffix == ".json" and p.parent == tmp_path}
+    names = {p.name for p in written if p.suffix == ".json" and p.parent.name == "example_workflows"}
     assert names == {p.name for p in _shipped()} and names
     for path in written:
-        relative = path.relative_to(tmp_path)
-        shipped = (WORKFLOWS.parent if relative.parts[0] == "subgraphs" else WORKFLOWS) / relative
+        shipped = REPO / path.relative_to(tmp_path)
         assert shipped.is_file(), f"{shipped} is missing: run python workflows/build.py"
         if path.suffix == ".json":
             assert json.loads(shipped.read_text()) == json.loads(path.read_text()), f"{shipped} is stale"
@@ -63,7 +64,7 @@ def test_every_shipped_workflow_is_valid(path, schemas):
             options = spec.get(setting, [[]])[0]
             assert all(o in note for o in options if o != "default"), (node["type"], setting)
     assert (path.parent / f"{path.stem}.jpg").is_file()
-    assert json.loads((path.parent / "api" / path.name).read_text()) == ui_to_api(ui, schemas)
+    assert json.loads((WORKFLOWS / "api" / path.name).read_text()) == ui_to_api(ui, schemas)
     assert all(n["type"].startswith("VPE_") or n["type"] in schemas or n["type"] == "Note" for n in ui["nodes"])
 
 

@@ -1,5 +1,6 @@
-"""Writes the shipped workflows: UI files (what artists load), their API twins (converted, never hand-kept) and a
-thumbnail each. Run: python workflows/build.py  (tests check the committed files equal what this writes)."""
+"""Writes the shipped workflows: UI files (what artists load: example_workflows/, ComfyUI's template folder), their
+API twins (workflows/api/, converted, never hand-kept), a thumbnail each, and the subgraph blueprints (subgraphs/).
+Run: python workflows/build.py  (tests check the committed files equal what this writes)."""
 
 from __future__ import annotations
 
@@ -601,6 +602,18 @@ def still_refinement_blueprint(schemas: dict) -> dict:
 BLUEPRINTS = {"Still-Video Refinement (IF-Edit)": still_refinement_blueprint}
 
 
+# Each workflow's file name in example_workflows/ (ComfyUI's template browser shows it as the card's title; a
+# same-name .jpg is its thumbnail) and of its API twin in workflows/api/.
+TITLES = {"if_edit_image_edit_full": "IF-Edit image edit (VLM rewriter)",
+          "if_edit_image_edit_no_vlm": "IF-Edit image edit (no VLM)",
+          "video4edit_chronoedit_tail_frame_edit": "ChronoEdit tail-frame edit (temporal reasoning)",
+          "if_edit_image_edit_own_loaders": "IF-Edit image edit (own loaders, low RAM)",
+          "byg_image_edit_flux_lora": "ByG image edit (FLUX.1-dev LoRA)",
+          "byg_video_edit_wan22_t2v_lora": "ByG video edit (Wan2.2-T2V LoRAs)",
+          "imvideoedit_spatial_difference_video_edit": "ImVideoEdit video edit (Wan2.1-T2V adapter)"}
+EXAMPLES = REPO / "example_workflows"
+
+
 WORKFLOWS = {"if_edit_image_edit_full": lambda g: if_edit_native(g, "openai"),
              "if_edit_image_edit_no_vlm": lambda g: if_edit_native(g, "template"),
              "video4edit_chronoedit_tail_frame_edit": chronoedit_native,
@@ -636,22 +649,25 @@ def thumbnail(ui: dict, path: Path, title: str) -> None:
     picture.save(path, quality=85)
 
 
-def build(out: Path = HERE) -> list[Path]:
+def build(out: Path = REPO) -> list[Path]:
+    """Write every workflow (UI file + thumbnail in out/example_workflows, its API twin of the same name in
+    out/workflows/api) and every subgraph blueprint (out/subgraphs); returns the paths written."""
     written, all_schemas = [], schemas()
-    (out / "api").mkdir(exist_ok=True)
+    for folder in ("example_workflows", "workflows/api", "subgraphs"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     for name, make in WORKFLOWS.items():
         graph = Graph(all_schemas)
         make(graph)
         ui = graph.to_ui()
-        for path, data in ((out / f"{name}.json", ui), (out / "api" / f"{name}.json", ui_to_api(ui, all_schemas))):
+        ui_path = out / "example_workflows" / f"{TITLES[name]}.json"
+        api_path = out / "workflows" / "api" / ui_path.name
+        for path, data in ((ui_path, ui), (api_path, ui_to_api(ui, all_schemas))):
             path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
             written.append(path)
-        thumbnail(ui, out / f"{name}.jpg", name.replace("_", " "))
-        written.append(out / f"{name}.jpg")
-    folder = out.parent / "subgraphs" if out == HERE else out / "subgraphs"
-    folder.mkdir(exist_ok=True)
+        thumbnail(ui, ui_path.with_suffix(".jpg"), TITLES[name])
+        written.append(ui_path.with_suffix(".jpg"))
     for name, make in BLUEPRINTS.items():
-        path = folder / f"{name}.json"
+        path = out / "subgraphs" / f"{name}.json"
         path.write_text(json.dumps(make(all_schemas), indent=1, ensure_ascii=False) + "\n")
         written.append(path)
     return written
