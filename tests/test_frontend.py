@@ -281,3 +281,46 @@ def test_node_report_shows_on_the_node(frontend, renderer, tmp_path):
     assert shown["visible"] == 1 and shown["readOnly"], (shown, shot)
     assert "70x50" not in shown["saved"], "the report box must not be saved into the workflow"
     assert not frontend.ours()
+
+
+REPORT = "\n".join(f"line {i}: " + "what the node adjusted, kept and warned about " * 2 for i in range(6))
+PREVIEWS = ("VPE_IFEditImageToVideo", "VPE_StillVideoRefiner", "VPE_TailFrameEditor", "VPE_ByGImageEdit",
+            "VPE_ByGVideoEdit", "VPE_ImVideoEditVideoEdit", "VPE_FLF2VTeacher", "SaveImage", "PreviewImage")
+
+
+@pytest.mark.parametrize("renderer", ["canvas", "vue"])
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_shipped_workflow_nodes_do_not_overlap_after_a_run(frontend, path, renderer, tmp_path):
+    """After a run every pack node shows its report box and the long ones up to 4 previews (as the server's
+    `executed` messages make them: the same event is dispatched here for every node), and still nothing overlaps."""
+    from PIL import Image
+
+    (frontend.server.base / "temp").mkdir(exist_ok=True)
+    Image.new("RGB", (256, 192), (90, 120, 160)).save(frontend.server.base / "temp" / "vpe_test_preview.png")
+    frontend.use_renderer(renderer == "vue")
+    frontend.load(json.loads(path.read_text()))
+    frontend.page.evaluate("""([report, previewed]) => {
+        for (const node of app.graph._nodes) {
+            const output = {};
+            if (node.type.startsWith("VPE_")) output.text = [report];
+            if (previewed.includes(node.type))
+                output.images = Array(4).fill({filename: "vpe_test_preview.png", subfolder: "", type: "temp"});
+            if (Object.keys(output).length)
+                app.api.dispatchCustomEvent("executed", {node: String(node.id), display_node: String(node.id),
+                                                         output, prompt_id: "vpe-test"});
+        }
+    }""", [REPORT, list(PREVIEWS)])
+    frontend.page.wait_for_timeout(500)
+    previous = None
+    for _ in range(20):  # until the sizes settle (images load, nodes grow)
+        boxes = frontend.boxes()
+        if boxes == previous:
+            break
+        previous = boxes
+        frontend.page.wait_for_timeout(250)
+    shot = frontend.screenshot(tmp_path, f"{path.stem}-{renderer}-after-run")
+    reports = frontend.page.evaluate("() => app.graph._nodes.filter((n) => n.type.startsWith('VPE_') && "
+                                     "n.widgets?.some((w) => w.name === 'vpe_report' && w.value)).length")
+    assert reports == sum(1 for n in json.loads(path.read_text())["nodes"] if n["type"].startswith("VPE_"))
+    overlaps = _overlaps(boxes)
+    assert not overlaps, f"{path.name} after a run ({frontend.name}, {renderer}): {'; '.join(overlaps)} ({shot})"

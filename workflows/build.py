@@ -85,11 +85,18 @@ class Column:
         schema = self.g.schemas[kind]
         height = height or box_height(schema)
         node = self.g.node(kind, (self.x, self.y), title, (self.width, height), **widgets)
-        self.y += max(height + TITLE, drawn_height(schema, height)) + self.gap
+        self.y += max(height + TITLE, drawn_height(schema, height)) + after_run(kind) + self.gap
         return node
 
 
 TITLE = 30  # LiteGraph's title bar, drawn above a node's position
+PREVIEWS = ("VPE_IFEditImageToVideo", "VPE_StillVideoRefiner", "VPE_TailFrameEditor", "VPE_ByGImageEdit",
+            "VPE_ByGVideoEdit", "VPE_ImVideoEditVideoEdit", "VPE_FLF2VTeacher", "SaveImage", "PreviewImage")
+
+
+def after_run(kind: str) -> int:
+    """How much a node grows after a run: the pack's report box (web/js/node_report.js) and image previews."""
+    return (120 if kind.startswith("VPE_") else 0) + (300 if kind in PREVIEWS and kind.startswith("VPE_") else 0)
 
 
 def _rows(schema: dict) -> tuple[int, list]:
@@ -222,19 +229,19 @@ strengths without re-reading the model; positions 'kontext' if the LoRA was trai
 
 
 def byg_image(g: Graph) -> None:
-    image = g.node("LoadImage", (40, 80), "Source image", (320, 320), image="example.png")
-    loader = g.node("VPE_FluxModelLoader", (40, 460), "FLUX.1-dev", (380, 230), model="flux1-dev.safetensors",
-                    clip_l="clip_l.safetensors", t5xxl="t5xxl_fp16.safetensors", vae="ae.safetensors",
-                    precision="bf16", placement="one_model")
-    lora = g.node("VPE_FluxLoraLoader", (460, 460), "ByG editing LoRA", (340, 150),
-                  lora="byg_flux_lora.safetensors", strength=1.0)
-    editor = g.node("VPE_ByGImageEdit", (840, 80), "ByG image edit", (380, 400),
-                    instruction="make it a snowy winter evening", steps=20, guidance=3.5, seed=42)
-    save = g.node("SaveImage", (1260, 80), "Edited image", (360, 380), filename_prefix="videoprior/byg_image")
-    for src, out, dst, name in ((loader, "flux_models", lora, "flux_models"), (lora, "flux_models", editor,
-                                "flux_models"), (image, "IMAGE", editor, "image"), (editor, "edited", save, "images")):
-        g.link(src, out, dst, name)
-    g.note(BYG_IMAGE_NOTE, (460, 660), note_size(BYG_IMAGE_NOTE))
+    pics, loaders, editing, out = (Column(g, x, w) for x, w in ((40, 340), (420, 380), (840, 380), (1260, 360)))
+    image = pics.add("LoadImage", "Source image", image="example.png")
+    loader = loaders.add("VPE_FluxModelLoader", "FLUX.1-dev", model="flux1-dev.safetensors",
+                         clip_l="clip_l.safetensors", t5xxl="t5xxl_fp16.safetensors", vae="ae.safetensors",
+                         precision="bf16", placement="one_model")
+    lora = loaders.add("VPE_FluxLoraLoader", "ByG editing LoRA", lora="byg_flux_lora.safetensors", strength=1.0)
+    editor = editing.add("VPE_ByGImageEdit", "ByG image edit", instruction="make it a snowy winter evening", steps=20,
+                         guidance=3.5, seed=42)
+    save = out.add("SaveImage", "Edited image", height=340, filename_prefix="videoprior/byg_image")
+    for src, o, dst, name in ((loader, "flux_models", lora, "flux_models"), (lora, "flux_models", editor,
+                              "flux_models"), (image, "IMAGE", editor, "image"), (editor, "edited", save, "images")):
+        g.link(src, o, dst, name)
+    g.note(BYG_IMAGE_NOTE, (40, max(c.y for c in (pics, loaders, editing)) + 40), note_size(BYG_IMAGE_NOTE))
 
 
 BYG_VIDEO_NOTE = """ByG video edit on ComfyUI's own Wan2.2-T2V-A14B nodes, with editing LoRAs
