@@ -205,3 +205,14 @@ def test_only_the_workflows_are_templates_each_with_a_thumbnail(comfy):
         assert comfy.get(base + ".json")["nodes"]
         with urllib.request.urlopen(comfy.url + base + ".jpg", timeout=30) as r:
             assert r.read(3) == b"\xff\xd8\xff"  # a JPEG
+
+
+def test_every_pack_node_has_a_help_page_served(comfy):
+    """ComfyUI's node library fetches /extensions/<pack>/docs/<node id>.md: every pack node has one, with its inputs."""
+    ours = [k for k in comfy.get("/object_info") if k.startswith("VPE_")]
+    assert ours
+    for node_id in ours:
+        with urllib.request.urlopen(f"{comfy.url}/extensions/comfyui-videoprior-edit/docs/{node_id}.md",
+                                    timeout=30) as r:
+            page = r.read().decode()
+        assert page.startswith("# ") and f"`{node_id}`" in page and "## Inputs" in page, node_id

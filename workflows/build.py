@@ -656,6 +656,39 @@ def thumbnail(ui: dict, path: Path, title: str) -> None:
     picture.save(path, quality=85)
 
 
+def help_page(node_id: str, cls, title: str) -> str:
+    """A node's help page (ComfyUI's node library shows web/docs/<node id>.md): what it does, its inputs and
+    outputs with their tooltips."""
+    spec = cls.INPUT_TYPES()
+    lines = [f"# {title}", "", cls.DESCRIPTION, "", f"Category: `{cls.CATEGORY}` · node id: `{node_id}`", "",
+             "## Inputs", "", "| input | type | default | what it does |", "| --- | --- | --- | --- |"]
+    for section in ("required", "optional"):
+        for name, (kind, *rest) in spec.get(section, {}).items():
+            options = rest[0] if rest else {}
+            shown = "choice" if isinstance(kind, list) else kind
+            default = options.get("default", "")  # file lists depend on the installation: no default shown
+            tip = (options.get("tooltip", "") + ("" if section == "required" else " (optional)")).replace("|", "\\|")
+            lines.append(f"| `{name}` | {shown} | {'' if default == '' else f'`{default}`'} | {tip.strip()} |")
+    lines += ["", "## Outputs", "", "| output | type | what it is |", "| --- | --- | --- |"]
+    tips = getattr(cls, "OUTPUT_TOOLTIPS", ()) or ("",) * len(cls.RETURN_TYPES)
+    for name, kind, tip in zip(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES), cls.RETURN_TYPES, tips):
+        lines.append(f"| `{name}` | {kind} | {tip.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_help_pages(out: Path) -> list[Path]:
+    """web/docs/<node id>.md for every node of the pack."""
+    pack = sys.modules["comfyui-videoprior-edit"]
+    folder = out / "web" / "docs"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for node_id, cls in sorted(pack_nodes().items()):
+        path = folder / f"{node_id}.md"
+        path.write_text(help_page(node_id, cls, pack.NODE_DISPLAY_NAME_MAPPINGS.get(node_id, node_id)))
+        written.append(path)
+    return written
+
+
 def build(out: Path = REPO) -> list[Path]:
     """Write every workflow (UI file + thumbnail in out/example_workflows, its API twin of the same name in
     out/workflows/api) and every subgraph blueprint (out/subgraphs); returns the paths written."""
@@ -677,7 +710,7 @@ def build(out: Path = REPO) -> list[Path]:
         path = out / "subgraphs" / f"{name}.json"
         path.write_text(json.dumps(make(all_schemas), indent=1, ensure_ascii=False) + "\n")
         written.append(path)
-    return written
+    return written + write_help_pages(out)
 
 
 if __name__ == "__main__":
