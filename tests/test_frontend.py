@@ -324,3 +324,26 @@ def test_shipped_workflow_nodes_do_not_overlap_after_a_run(frontend, path, rende
     assert reports == sum(1 for n in json.loads(path.read_text())["nodes"] if n["type"].startswith("VPE_"))
     overlaps = _overlaps(boxes)
     assert not overlaps, f"{path.name} after a run ({frontend.name}, {renderer}): {'; '.join(overlaps)} ({shot})"
+
+
+BLUEPRINTS = sorted((REPO / "subgraphs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", BLUEPRINTS, ids=[p.stem for p in BLUEPRINTS])
+def test_blueprint_opens_as_a_subgraph_node(frontend, path, tmp_path):
+    """A blueprint (what ComfyUI's node library adds) loads as one subgraph node whose inner graph the frontend
+    expands into exactly the blueprint's nodes when it queues it, with no errors from the page."""
+    blueprint = json.loads(path.read_text())
+    frontend.use_renderer(False)
+    frontend.load(blueprint)
+    shot = frontend.screenshot(tmp_path, f"blueprint-{path.stem}")
+    state = frontend.page.evaluate("""async () => {
+        const nodes = app.graph._nodes.map((n) => ({type: n.type, subgraph: !!n.subgraph, title: n.title}));
+        const prompt = (await app.graphToPrompt()).output;
+        return {nodes, queued: Object.values(prompt).map((n) => n.class_type).sort()};
+    }""")
+    inner = sorted(n["type"] for n in blueprint["definitions"]["subgraphs"][0]["nodes"])
+    assert [n["subgraph"] for n in state["nodes"]] == [True], (state, shot)
+    assert state["nodes"][0]["title"] == path.stem
+    assert state["queued"] == inner, (state["queued"], shot)
+    assert not frontend.ours()

@@ -331,43 +331,66 @@ def test_rewriter_takes_the_answer_of_comfyuis_own_generate_text(comfy):
     assert text.startswith("Warning: The VLM's answer was not a usable prompt") and "card" in text
 
 
-def test_still_refinement_blueprint_is_served_and_runs(comfy, zoo, picture):
-    from pathlib import Path
-
+def _blueprint_graph(comfy, blueprint: dict, outer: dict) -> tuple[dict, str]:
+    """The blueprint's inner graph as API nodes (what the frontend queues when the subgraph node runs), its inputs
+    wired to `outer` {input name: [node id, slot]}; returns (nodes, id of the node its output comes from)."""
     from videoprior_edit.workflow import ui_to_api
 
-    listed = comfy.get("/global_subgraphs")
-    ours = {k: v for k, v in listed.items() if v["info"]["node_pack"] == "custom_nodes.comfyui-videoprior-edit"}
-    assert [v["name"] for v in ours.values()] == ["Still-Video Refinement (IF-Edit)"]
-    served = json.loads(comfy.get(f"/global_subgraphs/{next(iter(ours))}")["data"])
-    shipped = Path(__file__).resolve().parent.parent / "subgraphs" / "Still-Video Refinement (IF-Edit).json"
-    assert served == json.loads(shipped.read_text())
-    definition = served["definitions"]["subgraphs"][0]
-    schemas = comfy.get("/object_info")
+    definition = blueprint["definitions"]["subgraphs"][0]
     inner = {"nodes": definition["nodes"],
              "links": [[l["id"], l["origin_id"], l["origin_slot"], l["target_id"], l["target_slot"], l["type"]]
                        for l in definition["links"]]}  # the input links are re-wired below
-    api = {f"bp{k}": v for k, v in ui_to_api(inner, schemas).items()}
+    api = {f"bp{k}": v for k, v in ui_to_api(inner, comfy.get("/object_info")).items()}
     for node in api.values():  # inner links point at inner ids: prefix them
         for name, value in node["inputs"].items():
             if isinstance(value, list):
                 node["inputs"][name] = [f"bp{value[0]}", value[1]]
-    g = _base(zoo)  # the edit's models, text encoder, VAE and negative prompt, as in the IF-Edit workflow
-    outer = {"image": ["image", 0], "model_high_noise": ["shift_high", 0], "model_low_noise": ["shift_low", 0],
-             "clip": ["clip", 0], "negative": ["neg", 0], "vae": ["vae", 0]}
     for link in definition["links"]:
         if link["origin_id"] == -10:
             name = definition["inputs"][link["origin_slot"]]["name"]
             target = next(n for n in definition["nodes"] if n["id"] == link["target_id"])
             api[f"bp{link['target_id']}"]["inputs"][target["inputs"][link["target_slot"]]["name"]] = outer[name]
     result = next(l for l in definition["links"] if l["target_id"] == -20)
-    g.update(api)
-    g["save"] = {"class_type": "SaveImage", "inputs": {"images": [f"bp{result['origin_id']}", result["origin_slot"]],
-                                                       "filename_prefix": "vpe/refined"}}
-    history = comfy.run(g)
+    return api, f"bp{result['origin_id']}"
+
+
+def _chronoedit_front(zoo) -> dict:
+    return {"unet": {"class_type": "UNETLoader", "inputs": {"unet_name": zoo.file("wan21_i2v").name,
+                                                            "weight_dtype": "default"}},
+            "clip": {"class_type": "VPETest_TinyTextEncoderLoader", "inputs": {"clip_name": zoo.file("umt5").name,
+                                                                                "type": "wan"}},
+            "vision": {"class_type": "VPETest_TinyClipVisionLoader", "inputs": {
+                "clip_name": zoo.file("clip_vision").name}},
+            "vae": {"class_type": "VAELoader", "inputs": {"vae_name": zoo.file("vae").name}},
+            "image": {"class_type": "LoadImage", "inputs": {"image": "vpe_64x48.png"}},
+            "chrono": {"class_type": "VPE_ChronoEditPositions", "inputs": {"model": ["unet", 0]}}}
+
+
+@pytest.mark.parametrize("name", ["Still-Video Refinement (IF-Edit)", "IF-Edit Image Edit",
+                                  "ChronoEdit Reasoning Edit"])
+def test_blueprints_are_served_and_run(comfy, zoo, picture, name):
+    from pathlib import Path
+
     from PIL import Image
 
-    saved = history["outputs"]["save"]["images"]
-    assert len(saved) == 1  # one refined frame, at the picture's size
-    with Image.open(comfy.base / "output" / saved[0]["subfolder"] / saved[0]["filename"]) as refined:
-        assert refined.size == (64, 48)
+    listed = comfy.get("/global_subgraphs")
+    ours = {v["name"]: k for k, v in listed.items() if v["info"]["node_pack"] == "custom_nodes.comfyui-videoprior-edit"}
+    folder = Path(__file__).resolve().parent.parent / "subgraphs"
+    assert sorted(ours) == sorted(p.stem for p in folder.glob("*.json"))
+    served = json.loads(comfy.get(f"/global_subgraphs/{ours[name]}")["data"])
+    assert served == json.loads((folder / f"{name}.json").read_text())
+    if name == "ChronoEdit Reasoning Edit":
+        g = _chronoedit_front(zoo)
+        outer = {"image": ["image", 0], "model": ["chrono", 0], "clip": ["clip", 0], "clip_vision": ["vision", 0],
+                 "vae": ["vae", 0]}
+    else:
+        g = _base(zoo)  # the edit's models, text encoder, VAE and negative prompt, as in the IF-Edit workflow
+        outer = {"image": ["image", 0], "model_high_noise": ["shift_high", 0], "model_low_noise": ["shift_low", 0],
+                 "clip": ["clip", 0], "negative": ["neg", 0], "vae": ["vae", 0]}
+    api, result = _blueprint_graph(comfy, served, outer)
+    g.update(api)
+    g["save"] = {"class_type": "SaveImage", "inputs": {"images": [result, 0], "filename_prefix": "vpe/blueprint"}}
+    saved = comfy.run(g)["outputs"]["save"]["images"]
+    assert len(saved) == 1  # one edited / refined picture, at the picture's size
+    with Image.open(comfy.base / "output" / saved[0]["subfolder"] / saved[0]["filename"]) as picture_out:
+        assert picture_out.size == (64, 48)

@@ -606,7 +606,78 @@ def still_refinement_blueprint(schemas: dict) -> dict:
         category="VideoPriorEdit/IF-Edit")
 
 
-BLUEPRINTS = {"Still-Video Refinement (IF-Edit)": still_refinement_blueprint}
+def if_edit_blueprint(schemas: dict) -> dict:
+    """IF-Edit's image-to-video edit as one node: picture + evolution prompt -> the sharpest of the last latent's
+    frames, on the two Wan2.2-I2V experts with Temporal Latent Dropout (the IF-Edit Sampler inside)."""
+    g = Graph(schemas)
+    pics, prompts, sampling, pick = (Column(g, x, w) for x, w in ((40, 340), (420, 420), (880, 380), (1300, 340)))
+    fit = pics.add("VPE_FitImageForWan", "Fit for Wan (480p)", max_side=832)
+    positive = prompts.add("CLIPTextEncode", "Evolution prompt", height=150, text="")
+    negative = prompts.add("CLIPTextEncode", "Negative prompt", text=WAN_NEGATIVE)
+    i2v = prompts.add("WanImageToVideo", "33-frame clip", length=33)
+    box = sampling.add("VPE_IFEditSampler", "IF-Edit Sampler", seed=42)
+    decode = pick.add("VAEDecode", "Decode the clip")
+    best = pick.add("VPE_SharpestFrame", "Sharpest of the last latent's 4", candidates=4)
+    for src, out, dst, name in ((fit, "image", i2v, "start_image"), (fit, "width", i2v, "width"),
+                                (fit, "height", i2v, "height"), (positive, "CONDITIONING", i2v, "positive"),
+                                (negative, "CONDITIONING", i2v, "negative"), (i2v, "positive", box, "positive"),
+                                (i2v, "negative", box, "negative"), (i2v, "latent", box, "latent"),
+                                (box, "latent", decode, "samples"), (decode, "IMAGE", best, "images")):
+        g.link(src, out, dst, name)
+    return blueprint(
+        g, "IF-Edit Image Edit",
+        inputs=[("image", "IMAGE", [(fit, "image")]), ("model_high_noise", "MODEL", [(box, "model_high_noise")]),
+                ("model_low_noise", "MODEL", [(box, "model_low_noise")]),
+                ("clip", "CLIP", [(positive, "clip"), (negative, "clip")]), ("vae", "VAE", [(i2v, "vae"), (decode, "vae")])],
+        outputs=[("edited", "IMAGE", best, "frame")],
+        widgets=[(positive, "text"), (i2v, "length"), (box, "seed"), (box, "steps"), (box, "tld_k")],
+        description=("IF-Edit: the picture becomes the first frame of a short clip that plays out the evolution prompt "
+                     "on Wan2.2-I2V-A14B (both experts, Temporal Latent Dropout between them); the sharpest of the "
+                     "last latent's frames is the edit. Connect the experts after their Lightning LoRA and shift 5."),
+        category="VideoPriorEdit/IF-Edit")
+
+
+def chronoedit_blueprint(schemas: dict) -> dict:
+    """ChronoEdit with temporal reasoning as one node: picture + instruction -> the edited picture."""
+    g = Graph(schemas)
+    pics, prompts, sampling, pick = (Column(g, x, w) for x, w in ((40, 340), (420, 420), (880, 400), (1320, 340)))
+    fit = pics.add("VPE_FitImageForWan", "Fit for Wan (720p)", max_side=1280)
+    positive = prompts.add("CLIPTextEncode", "Edit instruction", height=150, text="")
+    negative = prompts.add("CLIPTextEncode", "Negative prompt", text="")
+    seen = prompts.add("CLIPVisionEncode", "The picture for CLIP", crop="center")
+    i2v = prompts.add("WanImageToVideo", "29-frame reasoning clip", length=29)
+    reason = ksampler(sampling, "Temporal reasoning: steps 0-3", True, 0, 4)
+    keep = sampling.add("VPE_ChronoEditTemporalReasoning", "End Temporal Reasoning")
+    edit = ksampler(sampling, "Edit: steps 4-7", False, 4, 10000)
+    decode = pick.add("VAEDecode", "Decode")
+    last = pick.add("VPE_SharpestFrame", "Last frame", candidates=1)
+    for src, out, dst, name in ((fit, "image", i2v, "start_image"), (fit, "image", seen, "image"),
+                                (fit, "width", i2v, "width"), (fit, "height", i2v, "height"),
+                                (positive, "CONDITIONING", i2v, "positive"), (negative, "CONDITIONING", i2v, "negative"),
+                                (seen, "CLIP_VISION_OUTPUT", i2v, "clip_vision_output"), (i2v, "positive", reason, "positive"),
+                                (i2v, "negative", reason, "negative"), (i2v, "latent", reason, "latent_image"),
+                                (i2v, "positive", keep, "positive"), (i2v, "negative", keep, "negative"),
+                                (reason, "LATENT", keep, "latent"), (keep, "model", edit, "model"),
+                                (keep, "positive", edit, "positive"), (keep, "negative", edit, "negative"),
+                                (keep, "latent", edit, "latent_image"), (edit, "LATENT", decode, "samples"),
+                                (decode, "IMAGE", last, "images")):
+        g.link(src, out, dst, name)
+    return blueprint(
+        g, "ChronoEdit Reasoning Edit",
+        inputs=[("image", "IMAGE", [(fit, "image")]), ("model", "MODEL", [(reason, "model"), (keep, "model")]),
+                ("clip", "CLIP", [(positive, "clip"), (negative, "clip")]),
+                ("clip_vision", "CLIP_VISION", [(seen, "clip_vision")]), ("vae", "VAE", [(i2v, "vae"), (decode, "vae")])],
+        outputs=[("edited", "IMAGE", last, "frame")],
+        widgets=[(positive, "text"), (reason, "noise_seed"), (reason, "end_at_step"), (edit, "start_at_step")],
+        description=("ChronoEdit-14B with temporal reasoning: a 29-frame clip for the first steps, then only its first "
+                     "and last latent frames; the last frame is the edit. Connect ChronoEdit after its distill LoRA, "
+                     "shift 2 and ChronoEdit Temporal Positions."),
+        category="VideoPriorEdit/Video4Edit")
+
+
+BLUEPRINTS = {"Still-Video Refinement (IF-Edit)": still_refinement_blueprint,
+              "IF-Edit Image Edit": if_edit_blueprint,
+              "ChronoEdit Reasoning Edit": chronoedit_blueprint}
 
 
 # Each workflow's file name in example_workflows/ (ComfyUI's template browser shows it as the card's title; a
