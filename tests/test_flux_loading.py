@@ -173,10 +173,10 @@ def test_fp8_weight_storage(fz):
     assert fp8.single_transformer_blocks[0].proj_mlp.weight.dtype == torch.float8_e4m3fn
     assert fp8.x_embedder.weight.dtype == torch.bfloat16 and fp8.proj_out.weight.dtype == torch.bfloat16
     gen = torch.Generator().manual_seed(1)
-    bf16 = dict(dtype=torch.bfloat16)
-    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=gen).to(**bf16),
-                  encoder_hidden_states=torch.randn(1, 8, 32, generator=gen).to(**bf16),
-                  pooled_projections=torch.randn(1, 32, generator=gen).to(**bf16),
+    bf16, cfg = dict(dtype=torch.bfloat16), ref.config
+    inputs = dict(hidden_states=torch.randn(1, 16, cfg.in_channels, generator=gen).to(**bf16),
+                  encoder_hidden_states=torch.randn(1, 8, cfg.joint_attention_dim, generator=gen).to(**bf16),
+                  pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=gen).to(**bf16),
                   timestep=torch.tensor([0.5], **bf16), guidance=torch.tensor([3.5], **bf16),
                   img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3))
     with torch.no_grad():

@@ -213,7 +213,8 @@ def test_unmerged_equals_merged_and_strength_changes_in_place(fz, tmp_path, monk
     plain, want = forward(base), forward(merged)
     assert (forward(unmerged) - want).abs().max() < 1e-5 < (want - plain).abs().max()
     q = unmerged.transformer_blocks[0].attn.to_q.vpe_lora  # the fused qkv's share for to_q
-    assert q.a0_up.shape == (32, RANK) and q.a0_down.shape == (RANK, 32)
+    hidden = base.config.num_attention_heads * base.config.attention_head_dim
+    assert q.a0_up.shape == (hidden, RANK) and q.a0_down.shape == (RANK, hidden)
     reads = []
     real_open = weights.safe_open
     monkeypatch.setattr(weights, "safe_open", lambda *a, **k: reads.append(a) or real_open(*a, **k))
@@ -233,7 +234,9 @@ def test_wan_lora_on_flux_and_flux_lora_of_another_width_are_refused(fz, zoo, tm
     with pytest.raises(ModelFileError) as err:
         apply_lora(model, zoo.file("lightning_high"))
     text = str(err.value)
-    assert "Wan" in text and "2 blocks, hidden size 256" in text and "2 double + 2 single blocks, hidden size 32" in text
+    hidden = model.config.num_attention_heads * model.config.attention_head_dim
+    assert "Wan" in text and "2 blocks, hidden size 256" in text
+    assert f"{model.config.num_layers} double + {model.config.num_single_layers} single blocks, hidden size {hidden}" in text
     gen = torch.Generator().manual_seed(0)
     wide = {f"lora_unet_double_blocks_{i}_img_attn_qkv.{s}": torch.randn(*shape, generator=gen)
             for i in range(19) for s, shape in (("lora_down.weight", (4, 3072)), ("lora_up.weight", (9216, 4)))}

@@ -9,7 +9,9 @@
   root/models/text_encoders/flux_tokenizers/clip_l/            vocab.json, merges.txt, tokenizer_config.json, ...
   root/models/text_encoders/flux_tokenizers/t5xxl/             spiece.model, tokenizer_config.json, ...
   root/diffusers/FLUX.1-dev-tiny/                              `FluxPipeline.save_pretrained` of the same weights
-Weights are rounded to the single files' dtypes first, so every layout holds exactly the same values.
+Weights are rounded to the single files' dtypes first, so every layout holds exactly the same values. The sizes
+("tiny" in configs/flux.json) are ones ComfyUI's own code can build too: head dim 128 with RoPE axes [16, 56, 56]
+(its FLUX detection), T5 with 32 relative-attention buckets, VAE widths in multiples of 32 (its GroupNorm's 32 groups).
 """
 
 from __future__ import annotations
@@ -192,7 +194,8 @@ def flux_zoo_paths(root: str | Path) -> dict[str, Path]:
 
 
 def write_flux_zoo(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write the tiny FLUX.1 zoo under `root` (about 3.5 MB, under a second once imports are warm); return its paths."""
+    """Write the tiny FLUX.1 zoo under `root` (about 61 MB, a few seconds; the transformer has two heads of 128, the
+    only head size ComfyUI's FLUX detection builds); return its paths."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import T5Tokenizer
 
@@ -225,6 +228,6 @@ def write_flux_zoo(root: str | Path, seed: int = 0) -> dict[str, Path]:
                         tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer)
     pipe.save_pretrained(str(paths["diffusers"]))
     (paths["diffusers"] / "tokenizer_2" / "spiece.model").write_bytes(spiece)
-    (root / "flux_zoo.json").write_text(json.dumps(
+    (Path(root) / "flux_zoo.json").write_text(json.dumps(
         {"seed": seed, "files": FLUX_FILES, "config": config_data("flux")["transformer"]["sizes"]["tiny"]}, indent=2))
     return paths
