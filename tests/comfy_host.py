@@ -242,7 +242,8 @@ def writable_copy(source: Path, folder: Path) -> Path:
 
 # Where a shipped workflow loads a model with a loader that cannot build the zoo's tiny stand-in (see
 # tests/comfy_nodes/vpe_test_stand_ins), the test stand-in loader takes its place, with the same inputs.
-STAND_IN_LOADERS = {"CLIPLoader": "VPETest_TinyTextEncoderLoader", "CLIPVisionLoader": "VPETest_TinyClipVisionLoader"}
+STAND_IN_LOADERS = {"CLIPLoader": "VPETest_TinyTextEncoderLoader", "CLIPVisionLoader": "VPETest_TinyClipVisionLoader",
+                    "DualCLIPLoader": "VPETest_TinyDualCLIPLoader", "VAELoader": "VPETest_TinyVAELoader"}
 
 
 def on_zoo(prompt: dict, server: ComfyServer) -> dict:

@@ -74,7 +74,7 @@ WORKFLOWS = sorted(p for p in (REPO / "workflows" / "api").glob("*.json"))
 EDITORS = {"VPE_TailFrameEditor", "VPE_IFEditImageToVideo", "VPE_StillVideoRefiner", "VPE_ByGImageEdit",
            "VPE_ByGVideoEdit", "VPE_ImVideoEditVideoEdit", "VPE_TemporalLatentDropout", "VPE_IFEditSampler",
            "VPE_ChronoEditTemporalReasoning", "VPE_ByGSourceTokens",
-           "VPE_ImVideoEditAdapterNative"}  # the nodes that report on their run (ui.text)
+           "VPE_ImVideoEditAdapterNative", "VPE_ByGImageSourceTokens"}  # the nodes that report on their run (ui.text)
 VIDEO_FRAMES = {"ByG video edit (Wan2.2-T2V LoRAs)": 9,  # the 10-frame source cut to 4k+1
                 "ImVideoEdit video edit (Wan2.1-T2V adapter)": 9}
 

@@ -38,7 +38,8 @@ def pack_nodes() -> dict:
 # Inputs whose options are the files of one ComfyUI installation: kept empty in the snapshot (the workflow checks take
 # model names from the manifest instead).
 FILE_LISTS = {("LoadImage", "image"), ("LoadVideo", "file"), ("UNETLoader", "unet_name"), ("CLIPLoader", "clip_name"),
-              ("VAELoader", "vae_name"), ("CLIPVisionLoader", "clip_name"), ("LoraLoaderModelOnly", "lora_name")}
+              ("VAELoader", "vae_name"), ("CLIPVisionLoader", "clip_name"), ("LoraLoaderModelOnly", "lora_name"),
+              ("DualCLIPLoader", "clip_name1"), ("DualCLIPLoader", "clip_name2")}
 
 
 def core_snapshot(object_info: dict, names) -> dict:
@@ -198,50 +199,72 @@ def if_edit(g: Graph, backend: str) -> None:
     g.note(text, (40, max(c.y for c in (pics, loaders)) + 40), note_size(text))
 
 
-BYG_IMAGE_NOTE = """ByG image edit on FLUX.1-dev with an editing LoRA
+BYG_IMAGE_NOTE = """ByG image edit on ComfyUI's own FLUX.1-dev nodes, with an editing LoRA
 
-The source image's tokens sit beside the noisy tokens under the same positions (ByG; positions 'kontext'
-offsets them as FLUX.1-Kontext does); the LoRA teaches FLUX to edit as the instruction says. The paper's
-inference settings: 20 steps, guidance 3.5; max_side 1024 (FLUX.1-dev's native size).
+The source picture's clean latent tokens sit beside the noisy ones under the same position ids (ByG
+Source Tokens: source tokens concatenated, prediction sliced back; positions 'kontext' gives them
+FLUX.1-Kontext's ids instead); the LoRA makes FLUX.1-dev edit as the instruction says. The paper's
+sampling: 20 steps, FLUX guidance 3.5, CFG 1 (the negative is not used); FLUX's resolution-dependent
+shift as diffusers computes it (Model Sampling Flux, fed the picture's size). The picture is scaled to
+max_side 1024 (FLUX.1-dev's native size, sides in multiples of 16).
 
 Models (videoprior-edit models download byg-image --models ComfyUI/models; FLUX.1-dev is gated: accept
 its license on Hugging Face and set HF_TOKEN):
 - diffusion_models/flux1-dev.safetensors (23.8 GB)
 - text_encoders/clip_l.safetensors (0.25 GB), text_encoders/t5xxl_fp16.safetensors (9.8 GB; or
-  t5xxl_fp8_e4m3fn: half the download, upcast to bf16 when loaded, so the same memory)
+  t5xxl_fp8_e4m3fn.safetensors, 4.9 GB)
 - vae/ae.safetensors (0.3 GB)
-- tokenizer files in text_encoders/flux_tokenizers/clip_l/ and text_encoders/flux_tokenizers/t5xxl/
-  (the download command fetches them; ComfyUI's files carry none)
 - loras/byg_flux_lora.safetensors: train it with `videoprior-edit train-byg --family flux`, or pick any
-  FLUX.1-dev editing LoRA (kohya, BFL or diffusers format; the node says how many keys matched).
+  FLUX.1-dev editing LoRA (kohya / BFL / diffusers names: ComfyUI's own LoRA loader reads them).
+Other files for the same loaders: weight_dtype fp8_e4m3fn on Load Diffusion Model (the same file stored
+in 11.9 GB); GGUF files through city96's "Unet Loader (GGUF)" (city96/FLUX.1-dev-gguf, about 7-13 GB
+from Q4 to Q8: estimates from 12B weights x bits per weight).
 
-GPU memory per placement on Load FLUX Models (estimates from the weight sizes in bf16, not measured;
-activations on top, and the source tokens double the sequence):
-- one_model (default): ~24 GB (T5-XXL while the prompt is encoded, then the transformer; the other
-  waits in RAM)
-- weight_storage fp8_e4m3fn (the transformer's block weights in 8 bits): ~12 GB with one_model (a 16 GB
-  card), ~22 GB with all_on_device
-- all_on_device: ~34 GB while the prompt is encoded (the text encoders leave afterwards), ~24 GB after
-- block_offload: ~10 GB while T5-XXL encodes, < 2 GB while sampling (slow)
+GPU memory by card (estimates from the weight sizes, not measured; the source tokens double the image
+sequence: 8192 image tokens at 1024x1024; T5-XXL encodes first and is offloaded; 32 GB+ RAM):
+- 32 GB+: flux1-dev.safetensors as shipped (23.8 GB + activations)
+- 24 GB: weight_dtype fp8_e4m3fn (11.9 GB), or bf16 with part of the model offloaded (slower)
+- 16 GB: weight_dtype fp8_e4m3fn, or a Q6_K / Q8_0 GGUF; t5xxl_fp8_e4m3fn
+- 12 GB: a Q4_K_S / Q5_K_S GGUF, max_side 768
 
-Tweak: LoRA strength 0.6-1.2; guidance 2.5-4; max_side 768 for speed; merge off on the LoRA node to try
-strengths without re-reading the model; positions 'kontext' if the LoRA was trained that way."""
+Tweak: LoRA strength 0.6-1.2; guidance 2.5-4; max_side 768 for speed; positions 'kontext' if the LoRA
+was trained that way (train-byg --source-positions offset)."""
 
 
 def byg_image(g: Graph) -> None:
-    pics, loaders, editing, out = (Column(g, x, w) for x, w in ((40, 340), (420, 380), (840, 380), (1260, 360)))
+    pics, loaders, models, prompts, sampling, out = (
+        Column(g, x, w) for x, w in ((40, 340), (420, 400), (860, 380), (1280, 420), (1740, 380), (2160, 360)))
     image = pics.add("LoadImage", "Source image", image="example.png")
-    loader = loaders.add("VPE_FluxModelLoader", "FLUX.1-dev", model="flux1-dev.safetensors",
-                         clip_l="clip_l.safetensors", t5xxl="t5xxl_fp16.safetensors", vae="ae.safetensors",
-                         precision="bf16", placement="one_model")
-    lora = loaders.add("VPE_FluxLoraLoader", "ByG editing LoRA", lora="byg_flux_lora.safetensors", strength=1.0)
-    editor = editing.add("VPE_ByGImageEdit", "ByG image edit", instruction="make it a snowy winter evening", steps=20,
-                         guidance=3.5, seed=42)
+    fit = pics.add("VPE_FitImageForWan", "Fit (multiples of 16, 1024)", max_side=1024)
+    unet = loaders.add("UNETLoader", "FLUX.1-dev", unet_name="flux1-dev.safetensors")
+    clip = loaders.add("DualCLIPLoader", "CLIP-L + T5-XXL", clip_name1="clip_l.safetensors",
+                       clip_name2="t5xxl_fp16.safetensors", type="flux")
+    vae = loaders.add("VAELoader", "FLUX VAE", vae_name="ae.safetensors")
+    encode = loaders.add("VAEEncode", "Source latent")
+    lora = models.add("LoraLoaderModelOnly", "ByG editing LoRA", lora_name="byg_flux_lora.safetensors",
+                      strength_model=1.0)  # core's: the pack's any-format loader patches Wan models only
+    shift = models.add("ModelSamplingFlux", "FLUX shift for the picture's size", max_shift=1.15, base_shift=0.5)
+    tokens = models.add("VPE_ByGImageSourceTokens", "ByG source tokens", positions="byg")
+    text = prompts.add("CLIPTextEncode", "Edit instruction", height=150, text="make it a snowy winter evening")
+    guidance = prompts.add("FluxGuidance", "FLUX guidance 3.5", guidance=3.5)
+    negative = prompts.add("ConditioningZeroOut", "No negative (CFG 1)")
+    sampler = sampling.add("KSampler", "Sampler (20 steps, CFG 1)", seed=42, steps=20, cfg=1.0, sampler_name="euler",
+                           scheduler="simple")
+    decode = out.add("VAEDecode", "Decode")
     save = out.add("SaveImage", "Edited image", height=340, filename_prefix="videoprior/byg_image")
-    for src, o, dst, name in ((loader, "flux_models", lora, "flux_models"), (lora, "flux_models", editor,
-                              "flux_models"), (image, "IMAGE", editor, "image"), (editor, "edited", save, "images")):
+    for src, o, dst, name in ((image, "IMAGE", fit, "image"), (fit, "image", encode, "pixels"),
+                              (vae, "VAE", encode, "vae"), (unet, "MODEL", lora, "model"),
+                              (lora, "MODEL", shift, "model"), (fit, "width", shift, "width"),
+                              (fit, "height", shift, "height"), (shift, "MODEL", tokens, "model"),
+                              (encode, "LATENT", tokens, "source"), (clip, "CLIP", text, "clip"),
+                              (text, "CONDITIONING", guidance, "conditioning"),
+                              (text, "CONDITIONING", negative, "conditioning"), (tokens, "model", sampler, "model"),
+                              (guidance, "CONDITIONING", sampler, "positive"),
+                              (negative, "CONDITIONING", sampler, "negative"), (tokens, "latent", sampler, "latent_image"),
+                              (sampler, "LATENT", decode, "samples"), (vae, "VAE", decode, "vae"),
+                              (decode, "IMAGE", save, "images")):
         g.link(src, o, dst, name)
-    g.note(BYG_IMAGE_NOTE, (40, max(c.y for c in (pics, loaders, editing)) + 40), note_size(BYG_IMAGE_NOTE))
+    g.note(BYG_IMAGE_NOTE, (40, max(c.y for c in (pics, loaders, models)) + 40), note_size(BYG_IMAGE_NOTE))
 
 
 BYG_VIDEO_NOTE = """ByG video edit on ComfyUI's own Wan2.2-T2V-A14B nodes, with editing LoRAs
