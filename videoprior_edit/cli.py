@@ -1,5 +1,6 @@
-"""Command line: `videoprior-edit demo | edit | zoo | models check | models download | train-video4edit |
-train-byg | train-imvideoedit | build-imvideoedit-pairs`."""
+"""Command line: `videoprior-edit demo | edit | edit-tail | edit-byg-image | edit-byg-video | edit-imvideoedit |
+batch EDITOR | zoo | models check | models download | train-video4edit | train-byg | train-imvideoedit |
+build-imvideoedit-pairs`."""
 
 from __future__ import annotations
 
@@ -35,19 +36,14 @@ def _edit(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from .demo import load_edit_models, pick_files, save_edit, zoo_files
+    from .batch import EDITORS
+    from .batch.command import model_files
+    from .demo import load_edit_models, save_edit
     from .if_edit import edit_image
     from .placement import Placement
     from .sampling.condition import image_from_uint8
 
-    files = pick_files(args.models) if args.models else zoo_files(args.zoo)
-    files.update({k: v for k, v in (("model", args.model), ("model_low", args.model_low),
-                                    ("text_encoder", args.text_encoder), ("vae", args.vae),
-                                    ("clip_vision", args.clip_vision), ("lora_high", args.lora_high),
-                                    ("lora_low", args.lora_low)) if v})
-    for slot in ("lora_high", "lora_low"):
-        if getattr(args, slot) == "none":
-            files.pop(slot, None)
+    files = model_files(args, EDITORS["if-edit"])
     models = load_edit_models(files, args.precision, args.weight_storage, Placement(mode=args.placement))
     source = np.asarray(Image.open(args.image).convert("RGB"))
     result = edit_image(models, image_from_uint8(source), args.prompt, args.negative_prompt, args.frames,
@@ -100,6 +96,8 @@ def _ids(entries: list[dict], args) -> list[str]:
 
 
 def _edit_parser(sub) -> None:
+    from .batch import EDITORS
+    from .batch.command import model_arguments
     from .images import SIZE_MODES
     from .sampling import SCHEDULERS
     from .sampling.tld import ROPE_MODES, SOLVER_MODES
@@ -109,11 +107,7 @@ def _edit_parser(sub) -> None:
     e.add_argument("--prompt", required=True, help="how the picture evolves toward the edit")
     e.add_argument("--negative-prompt", default="")
     e.add_argument("--out", default="edit_output", help="output folder (default: edit_output)")
-    where = e.add_mutually_exclusive_group()
-    where.add_argument("--models", help="ComfyUI models folder with the if-edit files (see `models check if-edit`)")
-    where.add_argument("--zoo", default="tiny_zoo", help="tiny zoo folder (written if missing; default: tiny_zoo)")
-    for name in ("model", "model-low", "text-encoder", "vae", "clip-vision", "lora-high", "lora-low"):
-        e.add_argument(f"--{name}", help=f"{name.replace('-', ' ')} file (overrides the folder's; 'none' for no LoRA)")
+    model_arguments(e, EDITORS["if-edit"], zoo_default="tiny_zoo")
     e.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
     e.add_argument("--weight-storage", default="default", choices=("default", "fp8_e4m3fn"))
     e.add_argument("--placement", default="one_expert", choices=PLACEMENTS)
@@ -133,6 +127,13 @@ def _edit_parser(sub) -> None:
     e.add_argument("--max-side", type=int, default=832)
     e.add_argument("--no-frames", action="store_true", help="write only edited.png, not every frame")
     e.set_defaults(run=_edit)
+
+
+def _editor_parsers(sub) -> None:
+    """`edit-tail`, `edit-byg-image`, `edit-byg-video`, `edit-imvideoedit` and `batch EDITOR` (`batch.command`)."""
+    from .batch.command import add_parsers
+
+    add_parsers(sub)
 
 
 def _trainer_parsers(sub) -> None:
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="still-video refinement of the sharpest frame (default: on)")
     d.set_defaults(run=_demo)
     _edit_parser(sub)
+    _editor_parsers(sub)
     _trainer_parsers(sub)
     z = sub.add_parser("zoo", help="write the tiny random-weight model zoo")
     z.add_argument("--out", required=True)

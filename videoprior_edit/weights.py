@@ -1,4 +1,5 @@
-"""Reading weight files safely: safetensors only, sharded or single, with ComfyUI fp8_scaled dequantisation.
+"""Reading weight files safely: safetensors (sharded or single, with ComfyUI fp8_scaled dequantisation) and, where
+the caller allows it, GGUF (`gguf.py`: quantised tensors stay quantised).
 
 Nothing here builds a model; it gives keys, shapes and tensors. Pickle files (.ckpt/.pt/.pth/.bin) are refused
 before a byte of them is unpickled, and truncated files are caught from the header before loading.
@@ -37,6 +38,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     file: Path
     span: tuple[int, int] = (0, 0)  # its bytes in `file`: [start, end) from the file's beginning
+    quant: str | None = None  # GGUF quantisation type ("Q8_0", "Q4_K", ...); `shape` is then the dequantised shape
 
 
 def refuse_pickle(path: Path) -> None:
@@ -59,11 +61,6 @@ def refuse_pickle(path: Path) -> None:
                 f"'{path.name}' is a pickle/zip checkpoint saved under a .safetensors name; it is refused.",
                 "Use a real .safetensors file from the model's official source.",
             )
-        if head[:4] == b"GGUF":
-            raise ModelFileError(
-                f"'{path.name}' is a GGUF file; this pack loads safetensors only.",
-                "Use the fp16/bf16 or fp8_scaled .safetensors file of the same model.",
-            )
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -75,6 +72,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     fix = "Delete it and download it again (`videoprior-edit models download` resumes and verifies)."
     with open(path, "rb") as f:
         raw = f.read(8)
+        if raw[:4] == b"GGUF":
+            raise ModelFileError(f"'{path.name}' is a GGUF file, not safetensors.",
+                                 "Only the Wan and FLUX diffusion-model loaders read GGUF files.")
         if len(raw) < 8:
             raise ModelFileError(f"'{path.name}' is empty or truncated ({size} bytes).", fix)
         (n,) = struct.unpack("<Q", raw)
@@ -126,10 +126,25 @@ def find_shards(path: Path) -> list[Path]:
 
 
 class WeightFile:
-    """One checkpoint (possibly sharded): keys and shapes from the headers, tensors loaded one at a time."""
+    """One checkpoint (possibly sharded): keys and shapes from the headers, tensors loaded one at a time.
 
-    def __init__(self, path: str | Path):
+    A GGUF file is read only when `allow_gguf` (the diffusion-model loaders); elsewhere it is refused with a message
+    naming what it holds. Its quantised tensors come back as `GGUFParameter`s (see `gguf.py`).
+    """
+
+    def __init__(self, path: str | Path, allow_gguf: bool = False):
         self.path = Path(path)
+        self.gguf = None  # a gguf.GGUFContents when the file is GGUF
+        if self.path.is_file() and self.path.suffix.lower() not in PICKLE_SUFFIXES:
+            from .gguf import is_gguf
+
+            if is_gguf(self.path):
+                self._open_gguf(allow_gguf)
+                return
+            if self.path.suffix.lower() == ".gguf":
+                refuse_pickle(self.path)
+                raise ModelFileError(f"'{self.path.name}' has a .gguf name but is not a GGUF file (no GGUF header).",
+                                     "The file is damaged or mislabelled: download it again from its source.")
         self.shards = find_shards(self.path)
         self.infos: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
@@ -144,6 +159,24 @@ class WeightFile:
                 f"'{self.path.name}' uses a quantisation layout this pack does not dequantise (e.g. '{odd[0]}').",
                 "Use the fp16/bf16 file or ComfyUI's *_fp8_scaled / plain fp8_e4m3fn file of the same model.")
 
+    def _open_gguf(self, allow: bool) -> None:
+        from .gguf import FLOAT_TYPES, GGUFContents
+
+        contents = GGUFContents(self.path)
+        if not allow:
+            from .models.wan_keys import describe_checkpoint
+
+            raise ModelFileError(
+                f"'{self.path.name}' is a GGUF file ({contents.summary}) holding "
+                f"{describe_checkpoint(list(contents.types))}; this input takes .safetensors files only.",
+                "GGUF files load as Wan or FLUX diffusion models (the model inputs). For this input use the "
+                ".safetensors file of the same model (models_manifest.json lists them).")
+        self.gguf, self.shards, self.metadata, self.fp8_scaled = contents, [self.path], contents.metadata, False
+        self.infos = {}
+        for key, qtype in contents.types.items():
+            dtype, quant = (FLOAT_TYPES[qtype], None) if qtype in FLOAT_TYPES else (torch.uint8, qtype)
+            self.infos[key] = TensorInfo(dtype, contents.shapes[key], self.path, contents.span(key), quant)
+
     def keys(self) -> list[str]:
         """Tensor names, without fp8_scaled bookkeeping tensors."""
         return [k for k in self.infos if k != FP8_MARKER and not k.endswith(_FP8_SCALE_SUFFIXES)]
@@ -152,8 +185,12 @@ class WeightFile:
         return self.infos[key].shape
 
     def tensors(self, keys: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (key, tensor) one at a time; fp8_scaled weights come back dequantised to float32."""
+        """Yield (key, tensor) one at a time; fp8_scaled weights come back dequantised to float32, GGUF-quantised ones
+        as `GGUFParameter`s (`gguf.dequantize` decodes them)."""
         wanted = set(self.keys() if keys is None else keys)
+        if self.gguf is not None:
+            yield from ((key, self.gguf.read(key)) for key in self.infos if key in wanted)
+            return
         for shard in self.shards:
             with safe_open(str(shard), framework="pt") as f:
                 names = set(f.keys())

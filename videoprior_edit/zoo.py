@@ -2,8 +2,8 @@
 
 `write_zoo(root)` writes
   root/models/...            a ComfyUI models tree of single files (original Wan key layout, `spiece_model` inside
-                             the UMT5 file, CLIP in transformers layout, Lightning LoRAs in loras/), as artists
-                             have them;
+                             the UMT5 file, CLIP in transformers layout, Lightning LoRAs in loras/, GGUF Q8_0 and
+                             Q4_K_M stand-ins of two Wan DiTs), as artists have them;
   root/diffusers/...         diffusers pipeline folders of the same weights (`save_pretrained` layout);
   root/official/...          the official sharded Wan2.2-I2V-A14B layout (high/low_noise_model shards + index);
   plus a tiny FLUX.1 (transformer, CLIP-L, T5-XXL, VAE, tokenizer folders) in both layouts (`zoo_flux.py`) and tiny
@@ -47,7 +47,12 @@ FILES = {
     "clip_vision": "clip_vision/tiny_clip_vision_h.safetensors",
     "lightning_high": "loras/tiny_wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
     "lightning_low": "loras/tiny_wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
+    # GGUF stand-ins (ComfyUI-GGUF layout: original keys, F32 norms/modulation/5D patch embedding) of the models above.
+    "wan21_t2v_q8_0": "diffusion_models/tiny_wan2.1_t2v_1.3B_Q8_0.gguf",
+    "wan22_i2v_high_q4_k_m": "diffusion_models/tiny_wan2.2_i2v_high_noise_14B_Q4_K_M.gguf",
 }
+# The GGUF `general.file_type` of each quantisation scheme the zoo writes.
+GGUF_SCHEMES = {"Q8_0": "MOSTLY_Q8_0", "Q4_K_M": "MOSTLY_Q4_K_M"}
 # The Linear modules of each block a Wan2.2 Lightning (lightx2v) LoRA covers, in original names.
 LIGHTNING_MODULES = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in "qkvo") + ("ffn.0", "ffn.2")
 
@@ -196,6 +201,29 @@ def _write_official(model, folder: Path, family: str, shards: int = 2) -> None:
         "num_heads": c.num_attention_heads, "num_layers": c.num_layers, "text_len": 512, "eps": c.eps}, indent=2))
 
 
+def wan_gguf_type(key: str, t: torch.Tensor, scheme: str) -> str:
+    """The GGUF type of a Wan tensor in a `scheme` ("Q8_0" or "Q4_K_M") file, after ComfyUI-GGUF's and llama.cpp's
+    rules: 1-D, small, modulation and 5-D tensors F32; Q4_K_M: Q6_K for attention values and FFN outputs, Q4_K
+    elsewhere, Q8_0 where rows are not whole 256-value K-quant blocks; the Q4_K_M file keeps the time/text
+    embeddings F32 (as ComfyUI-GGUF's converter does), the Q8_0 file quantises them."""
+    if t.ndim == 1 or t.ndim > 4 or t.numel() <= 1024 or "modulation" in key:
+        return "F32"
+    if scheme == "Q8_0":
+        return "Q8_0"
+    if key.startswith(("time_embedding.", "text_embedding.", "time_projection.")):
+        return "F32"
+    if t.shape[-1] % 256:
+        return "Q8_0"
+    return "Q6_K" if key.endswith((".v.weight", "ffn.2.weight")) else "Q4_K"
+
+
+def write_wan_gguf(model, path: Path, scheme: str) -> None:
+    """`model` (a diffusers Wan DiT) as a GGUF file in the original key layout, quantised by `scheme`."""
+    from .gguf import write_gguf
+
+    write_gguf(path, _original_wan(model), "wan", lambda k, t: wan_gguf_type(k, t, scheme), GGUF_SCHEMES[scheme])
+
+
 def _tokenizer(spiece: bytes):
     from .tokenizer import tokenizer_from_spiece
 
@@ -249,6 +277,8 @@ def _write_zoo(root: Path, seed: int) -> Zoo:
         (zoo.models / sub).mkdir(parents=True, exist_ok=True)
     for name, expert, lora_seed in (("lightning_high", high, seed + 9), ("lightning_low", low, seed + 10)):
         save_file(tiny_lightning_lora(expert, lora_seed), zoo.file(name))
+    write_wan_gguf(t2v, zoo.file("wan21_t2v_q8_0"), "Q8_0")
+    write_wan_gguf(high, zoo.file("wan22_i2v_high_q4_k_m"), "Q4_K_M")
 
     # diffusers pipeline folders.
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError
+from ..gguf import assign_quantized, is_quantized, logical_shape
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHT_STORAGE = ("default", "fp8_e4m3fn")
@@ -59,24 +60,29 @@ def fill(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], dtype: t
          source: str, ignore: Callable[[str], bool] = lambda k: False) -> nn.Module:
     """Assign `tensors` to the empty `model` in `dtype` (float32 for the modules upstream keeps in fp32).
 
-    Every parameter must be provided; unknown keys are an error unless `ignore(key)` is true.
+    Every parameter must be provided; unknown keys are an error unless `ignore(key)` is true. GGUF-quantised tensors
+    go through `place_quantized` (Linear weights stay quantised).
     """
     keep = keep_fp32_names(model, dtype)
     expected = dict(model.state_dict(keep_vars=True))
-    loaded, unexpected = {}, []
+    loaded, unexpected, quantized = {}, [], []
     for key, t in tensors:
         if key not in expected:
             if not ignore(key):
                 unexpected.append(key)
             continue
         want = expected[key]
-        if tuple(t.shape) != tuple(want.shape):
+        if logical_shape(t) != tuple(want.shape):
             raise ModelFileError(
-                f"{source}: tensor '{key}' has shape {tuple(t.shape)}, the model expects {tuple(want.shape)}.",
+                f"{source}: tensor '{key}' has shape {logical_shape(t)}, the model expects {tuple(want.shape)}.",
                 "The file is for a different model size or variant; pick the matching file.")
+        if is_quantized(t):
+            quantized.append((key, t))
+            continue
         target = torch.float32 if any(k in key.split(".") for k in keep) else dtype
         loaded[key] = t.to(target) if t.is_floating_point() else t
     model.load_state_dict(loaded, strict=False, assign=True)
+    place_quantized(model, quantized, dtype)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     missing = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
@@ -86,6 +92,17 @@ def fill(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], dtype: t
             f"{len(unexpected)} unexpected, e.g. {unexpected[:3]}).",
             "The file is incomplete or for another architecture; check it against models_manifest.json.")
     return model.eval().requires_grad_(False)
+
+
+def place_quantized(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> None:
+    """Put GGUF-quantised tensors into `model`: a Linear's weight stays quantised (dequantised per call by
+    `GGUFLinear`); other tensors, and all of the modules upstream keeps in float32 in some precision (e.g. Wan's time
+    embedder, whose dtype diffusers reads from its first weight), are dequantised now to their load dtype."""
+    keep, dense = keep_fp32_names(model, dtype), keep_fp32_names(model, torch.float16)
+    for key, t in tensors:
+        parts = key.split(".")
+        target = torch.float32 if any(k in parts for k in keep) else dtype
+        assign_quantized(model, key, t, target, keep=not any(k in parts for k in dense))
 
 
 class Fp8StorageLinear(nn.Linear):

@@ -251,8 +251,9 @@ def inspect_flux(wf: WeightFile) -> FluxInfo:
 
 def load_flux_transformer(path: str | Path, dtype="bf16", weight_storage: str = "default",
                           expect: tuple[str, ...] | None = None):
-    """Load the FLUX.1 transformer (`FluxTransformer2DModel`) from a BFL/ComfyUI single file (keys optionally
-    prefixed `model.diffusion_model.`), a diffusers `transformer/` folder or a pipeline root.
+    """Load the FLUX.1 transformer (`FluxTransformer2DModel`) from a BFL/ComfyUI single file (safetensors or a
+    city96-style GGUF; keys optionally prefixed `model.diffusion_model.`), a diffusers `transformer/` folder or a
+    pipeline root. GGUF-quantised Linears stay quantised and are dequantised per layer at run time.
 
     `expect` lists acceptable variants ("dev", "schnell"); another one raises an error naming both.
     `weight_storage="fp8_e4m3fn"` stores the block Linears in float8 (compute stays in `dtype`).
@@ -261,7 +262,7 @@ def load_flux_transformer(path: str | Path, dtype="bf16", weight_storage: str = 
 
     dtype = parse_dtype(dtype)
     apply_weight_storage([], weight_storage)  # reject an unknown choice before reading gigabytes
-    wf = WeightFile(component_path(Path(path), ("transformer",)))
+    wf = WeightFile(component_path(Path(path), ("transformer",)), allow_gguf=True)
     info = inspect_flux(wf)
     if expect and info.variant not in expect:
         variants = config_data("flux")["transformer"]["variants"]

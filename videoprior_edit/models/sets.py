@@ -8,9 +8,9 @@ from pathlib import Path
 from ..errors import ModelFileError
 from ..weights import WeightFile
 from .configs import config_data
-from .core import apply_weight_storage, build_empty, parse_dtype
+from .core import apply_weight_storage, build_empty, parse_dtype, place_quantized
 from .wan import (EXPERT_FOLDERS, _family_description, component_path, expert_hint, inspect_wan, load_clip_vision,
-                  load_umt5, load_wan_transformer, load_wan_vae)
+                  load_umt5, load_wan_transformer, load_wan_vae, quantized_layout)
 
 
 I2V_FAMILIES = ("i2v", "i2v-a14b", "flf2v")
@@ -91,7 +91,7 @@ def load_wan_models(model: str | Path, model_low: str | Path | None = None, text
             raise ModelFileError(f"No {what} given for '{root.name}'.", f"Pick the {what} file on the loader.")
 
     # Every check that the headers can answer comes before gigabytes are read.
-    info = inspect_wan(WeightFile(high_path))
+    info = inspect_wan(WeightFile(high_path, allow_gguf=True))
     if task == "i2v" and info.family not in I2V_FAMILIES:
         raise ModelFileError(f"'{high_path.name}' is {info.names}, a text-to-video model; image editing needs an "
                              "image-to-video model.", "Pick wan2.2_i2v_high_noise_14B_* and wan2.2_i2v_low_noise_14B_* "
@@ -131,12 +131,14 @@ def _empty_transformer(path: Path, dtype: str, weight_storage: str, expect: tupl
 
     parse_dtype(dtype)
     apply_weight_storage([], weight_storage)
-    info = inspect_wan(WeightFile(path))
+    wf = WeightFile(path, allow_gguf=True)
+    info = inspect_wan(wf)
     if expect and info.family not in expect:
         raise ModelFileError(f"'{Path(path).name}' is {info.description}, but the {slot} input needs "
                              f"{' or '.join(_family_description(f) for f in expect)}.",
                              "Pick a matching file for this input (see the node's tooltip).")
     model = build_empty(lambda: WanTransformer3DModel(**info.config)).eval().requires_grad_(False)
+    place_quantized(model, quantized_layout(wf), parse_dtype(dtype))  # GGUF: the layers the weights will fit
     apply_weight_storage(model.blocks, weight_storage)
     model.vpe_info = info
     return model

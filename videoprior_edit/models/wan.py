@@ -94,6 +94,19 @@ def inspect_wan(wf: WeightFile) -> WanInfo:
     return WanInfo(family, size, config, variants, names)
 
 
+def diffusers_tensors(wf: WeightFile, tensors):
+    """(diffusers key, tensor) for a Wan DiT checkpoint's (key, tensor) pairs; keys with no diffusers place dropped."""
+    convert = (lambda k: k) if is_diffusers_layout(wf.keys()) else wan_key_to_diffusers
+    return ((name, t) for k, t in tensors if (name := convert(k)) is not None)
+
+
+def quantized_layout(wf: WeightFile) -> list:
+    """The quantised tensors of a GGUF Wan DiT as meta tensors under their diffusers keys (for models built empty)."""
+    if wf.gguf is None:
+        return []
+    return list(diffusers_tensors(wf, ((k, wf.gguf.meta(k)) for k, i in wf.infos.items() if i.quant)))
+
+
 def expert_hint(path: Path) -> str | None:
     """'high' or 'low' when the file name (else its folder's name) says which Wan2.2 expert it is.
 
@@ -110,24 +123,24 @@ def expert_hint(path: Path) -> str | None:
 
 def load_wan_transformer(path: str | Path, dtype="bf16", weight_storage: str = "default",
                          expect: tuple[str, ...] | None = None, slot: str = "model"):
-    """Load a Wan DiT (`WanTransformer3DModel`) from a single file, diffusers folder or official shards.
+    """Load a Wan DiT (`WanTransformer3DModel`) from a single file (safetensors or GGUF), diffusers folder or
+    official shards.
 
-    `expect` lists acceptable families (e.g. ("i2v-a14b",)); another kind raises an error naming both.
+    `expect` lists acceptable families (e.g. ("i2v-a14b",)); another kind raises an error naming both. GGUF-quantised
+    Linears stay quantised and are dequantised per layer at run time (`weight_storage` applies to the others).
     """
     from diffusers import WanTransformer3DModel
 
     dtype = parse_dtype(dtype)
     apply_weight_storage([], weight_storage)  # reject an unknown choice before reading gigabytes
-    wf = WeightFile(path)
+    wf = WeightFile(path, allow_gguf=True)
     info = inspect_wan(wf)
     if expect and info.family not in expect:
         wanted = " or ".join(_family_description(f) for f in expect)
         raise ModelFileError(f"'{wf.path.name}' is {info.description}, but the {slot} input needs {wanted}.",
                              "Pick a matching file for this input (see the node's tooltip).")
-    diffusers_layout = is_diffusers_layout(wf.keys())
-    tensors = ((k if diffusers_layout else wan_key_to_diffusers(k), t) for k, t in wf.tensors())
     model = build_empty(lambda: WanTransformer3DModel(**info.config))
-    fill(model, ((k, t) for k, t in tensors if k is not None), dtype, wf.path.name)
+    fill(model, diffusers_tensors(wf, wf.tensors()), dtype, wf.path.name)
     apply_weight_storage(model.blocks, weight_storage)
     model.vpe_info = info
     return model

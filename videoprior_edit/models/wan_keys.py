@@ -134,4 +134,8 @@ def describe_checkpoint(keys) -> str:
         return "a Wan video VAE"
     if has("decoder.up.") or has("decoder.up_blocks.0.resnets.0.norm1.weight"):
         return "an image VAE (FLUX/SD style)"
+    if any(k.startswith("enc.blk.") for k in keys):
+        return "a T5/UMT5 text encoder (llama.cpp tensor names)"
+    if any(k.startswith("blk.") for k in keys):
+        return "a language model (llama.cpp tensor names)"
     return f"an unrecognised checkpoint ({len(keys)} tensors, e.g. {keys[:2]})"
