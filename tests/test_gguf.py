@@ -288,3 +288,21 @@ def test_pickles_stay_refused_whatever_their_name(tmp_path, name):
     with pytest.raises(ModelFileError, match="pickle"):
         load_wan_transformer(path)
     assert not canary.exists()
+
+
+def test_lightning_lora_on_a_gguf_expert_runs_unmerged_as_on_its_dequantised_twin(zoo, tmp_path):
+    """IF-Edit's Lightning LoRA on a GGUF expert: kept beside the quantised blocks (they cannot take a merged delta),
+    it computes what the same LoRA does merged into the file's own values, dequantised."""
+    from videoprior_edit.lora import add_lora, apply_lora
+
+    gguf, twin = zoo.file("wan22_i2v_high_q4_k_m"), _dequantized_twin(zoo.file("wan22_i2v_high_q4_k_m"), tmp_path)
+    quantised, dense = load_wan_transformer(gguf, "fp32"), load_wan_transformer(twin, "fp32")
+    report = apply_lora(quantised, zoo.file("lightning_high"), 0.7)
+    apply_lora(dense, zoo.file("lightning_high"), 0.7)
+    assert not report.merged and report.matched == report.total
+    assert isinstance(quantised.blocks[0].attn1.to_q, vg.GGUFLinear)  # the blocks stay quantised
+    ours, want = _forward(quantised), _forward(dense)
+    assert (ours - want).abs().max() < 1e-4 * want.abs().max()
+    models = load_wan_models(gguf, zoo.file("wan22_i2v_low"), zoo.file("umt5"), zoo.file("vae"), dtype="fp32")
+    reports = add_lora(models, zoo.file("lightning_high"), 1.0, "high")  # the set path: unmerged there too
+    assert [r.merged for r in reports] == [False]

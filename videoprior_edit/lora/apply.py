@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, ModelFileError
+from ..gguf import is_quantized
 from ..models import wan_keys
 from .formats import LoraFile, read_lora, weight_delta
 from .layers import FP8, LAYER, PATCH, LoraLayer, ParamPatch, added, lora_hook
@@ -156,9 +157,17 @@ def apply_lora(transformer: nn.Module, path: str | Path | Mapping[str, torch.Ten
     `name` (default: the path): `set_lora_strength(transformer, name, s)` and `remove_lora(transformer, name)` then
     change it without reading any file.
     """
+    if merge and quantized(transformer):
+        merge = False  # GGUF blocks cannot take a merged delta: the LoRA runs beside them
+        log.info("LoRA '%s' is kept unmerged: the model's weights are GGUF-quantised.", _source_name(path, name))
     report = apply_read(transformer, read_lora(path), strength, merge, _source_name(path, name))
     log.info(report.summary())
     return report
+
+
+def quantized(model: nn.Module) -> bool:
+    """Whether some of `model`'s weights are GGUF blocks (a LoRA can only run beside those, unmerged)."""
+    return any(is_quantized(p) for p in model.parameters())
 
 
 def apply_read(model: nn.Module, lora: LoraFile, strength: float, merge: bool, name: str, target: str = "model",

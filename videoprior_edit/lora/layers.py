@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..gguf import logical_shape
 from .targets import Piece
 
 LAYER = "vpe_lora"
@@ -43,7 +44,7 @@ class LoraLayer(nn.Module):
         self.__dict__["next_slot"] = slot + 1
         weight = _param(linear, "weight")
         device, dtype = weight.device, _compute_dtype(linear)
-        out_features, in_features = weight.shape
+        out_features, in_features = logical_shape(weight)  # GGUF blocks: the weight's own shape
         buffers, private = self._buffers, self._non_persistent_buffers_set
         for kind, t, shape in (("down", piece.down, None), ("up", piece.up, (out_features, -1)),
                                ("diff", piece.diff, (out_features, in_features)),

@@ -31,6 +31,7 @@ from .apply import (
     adapters_of,
     apply_read,
     plan,
+    quantized,
     remove_lora,
     set_lora_strength,
     summarize,
@@ -54,6 +55,9 @@ def add_lora(models, path: str | Path, strength: float = 1.0, expert: str = "bot
     (and no LoRA file when every target expert already holds this file unmerged: it was checked when it was added).
     Logs one line."""
     targets = _experts(models, expert)
+    if merge and any(quantized(module) for _, module in targets):
+        merge = False  # GGUF blocks cannot take a merged delta: the LoRA runs beside them
+        log.info("LoRA '%s' is kept unmerged: the model's weights are GGUF-quantised.", Path(path).name)
     with _reading_once():
         reports = None if merge else _held(targets, path)
         if reports is None:  # checked against each expert (the plans are used again by sync_loras below)

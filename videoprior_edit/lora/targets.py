@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..gguf import logical_shape
 from ..models import wan_keys
 from .formats import LoraDelta, LoraFile, fits, weight_delta
 
@@ -60,7 +61,7 @@ class ModelNames:
 
     @classmethod
     def of(cls, params: dict[str, torch.Tensor]) -> ModelNames:
-        signature = tuple((k, p.shape) for k, p in params.items())
+        signature = tuple((k, logical_shape(p)) for k, p in params.items())
         names = _NAMES.get(signature)
         if names is None:
             names = cls(params)
@@ -71,7 +72,7 @@ class ModelNames:
 
     def __init__(self, model: nn.Module | dict[str, torch.Tensor]):
         params = model if isinstance(model, dict) else dict(model.named_parameters())
-        self.shapes = {k: tuple(p.shape) for k, p in params.items()}
+        self.shapes = {k: logical_shape(p) for k, p in params.items()}  # GGUF blocks: the weight's own shape
         self.family = model_family(self.shapes)
         self.tables: dict[tuple[str, str], dict[str, list[Part]]] = {
             (ns, style): {} for ns in ("original", "diffusers") for style in ("dot", "underscore")}
