@@ -16,7 +16,7 @@ KINDS = {
     "loras": ("loras",),
     "LLM": ("LLM",),
 }
-WEIGHT_SUFFIXES = (".safetensors", ".sft")
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")  # GGUF: diffusion models only (the loaders say so)
 
 
 def _is_model_folder(p: Path) -> bool:

@@ -421,7 +421,7 @@ def detect_family(path) -> str:
     from ..weights import WeightFile
 
     try:
-        inspect_flux(WeightFile(component_path(Path(path), ("transformer",))))
+        inspect_flux(WeightFile(component_path(Path(path), ("transformer",)), allow_gguf=True))
         return "flux"
     except (ModelFileError, OSError, ValueError, KeyError):
         return "wan"
