@@ -78,3 +78,28 @@ def test_missing_model_files_say_what_to_do(tmp_path, capsys):
     assert "imvideoedit_adapter.safetensors is made by `videoprior-edit train-imvideoedit" in capsys.readouterr().err
     assert main(["edit-byg-image", str(tmp_path / "pic.png"), "--prompt", "x"]) == 2
     assert "Give --models with a ComfyUI models folder" in capsys.readouterr().err
+
+
+def test_speed_flags_reach_the_editor(zoo, tmp_path, capsys):
+    """--cache on a single-item command: the note says what it skipped and the result changes; a threshold that can
+    skip nothing gives exactly the result without the flag; a FLUX editor refuses a cache with what to use."""
+    path = write_image(tmp_path / "pic.png")
+
+    def edit(name: str, *flags: str) -> np.ndarray:
+        out = tmp_path / name
+        assert main(["edit-tail", str(path), "--prompt", "make it blue", "--zoo", str(zoo.root), "--out", str(out),
+                     "--frames", "9", "--steps", "4", "--seed", "1", *flags]) == 0
+        return np.asarray(Image.open(out / "edited.png"))
+
+    plain = edit("plain")
+    capsys.readouterr()
+    never_skips = edit("fbc0", "--cache", "first_block", "--cache-threshold", "0")
+    assert "speed: cache: first_block, threshold 0" in capsys.readouterr().out
+    np.testing.assert_array_equal(never_skips, plain)
+    predicted = edit("taylor", "--cache", "taylorseer", "--cache-warmup", "1")
+    printed = capsys.readouterr().out
+    assert "taylorseer: 4 of 8 transformer forwards skipped or predicted" in printed  # 4 steps x cond/uncond, printed
+    assert not np.array_equal(predicted, plain)
+    assert main(["edit-byg-image", str(path), "--prompt", "x", "--zoo", str(zoo.root), "--out", str(tmp_path / "f"),
+                 "--steps", "2", "--cache", "magcache"]) != 0
+    assert "The 'magcache' cache works with the Wan editors only" in capsys.readouterr().err

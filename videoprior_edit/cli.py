@@ -37,14 +37,15 @@ def _edit(args) -> int:
     from PIL import Image
 
     from .batch import EDITORS
-    from .batch.command import model_files
+    from .batch.command import model_files, with_speed
     from .demo import load_edit_models, save_edit
     from .if_edit import edit_image
     from .placement import Placement
     from .sampling.condition import image_from_uint8
 
     files = model_files(args, EDITORS["if-edit"])
-    models = load_edit_models(files, args.precision, args.weight_storage, Placement(mode=args.placement))
+    models = with_speed(load_edit_models(files, args.precision, args.weight_storage, Placement(mode=args.placement)),
+                        args)
     source = np.asarray(Image.open(args.image).convert("RGB"))
     result = edit_image(models, image_from_uint8(source), args.prompt, args.negative_prompt, args.frames,
                         args.steps, args.scheduler, args.shift, args.cfg, args.cfg_low, args.seed, args.k,
@@ -97,7 +98,7 @@ def _ids(entries: list[dict], args) -> list[str]:
 
 def _edit_parser(sub) -> None:
     from .batch import EDITORS
-    from .batch.command import model_arguments
+    from .batch.command import model_arguments, speed_arguments
     from .images import SIZE_MODES
     from .sampling import SCHEDULERS
     from .sampling.tld import ROPE_MODES, SOLVER_MODES
@@ -126,6 +127,7 @@ def _edit_parser(sub) -> None:
     e.add_argument("--size-mode", default="resize", choices=SIZE_MODES)
     e.add_argument("--max-side", type=int, default=832)
     e.add_argument("--no-frames", action="store_true", help="write only edited.png, not every frame")
+    speed_arguments(e)
     e.set_defaults(run=_edit)
 
 

@@ -47,6 +47,41 @@ def load_arguments(p: argparse.ArgumentParser, editor: Editor) -> None:
         p.add_argument("--api-key-env", default="", help="environment variable holding the server's API key")
 
 
+def speed_arguments(p: argparse.ArgumentParser) -> None:
+    """The speed options of `videoprior_edit.speed` (all off by default; bench/bench_speed.py measures them)."""
+    from ..speed import ATTENTION, CACHES
+
+    g = p.add_argument_group("speed options (all off by default; see the README's speed table)")
+    g.add_argument("--attention", default="default", metavar="BACKEND",
+                   help=f"attention backend through diffusers' dispatcher: {', '.join(ATTENTION)} (flash / sage / "
+                   "xformers need their package and a CUDA GPU; a missing one is refused with what to install)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (the first run "
+                   "compiles; needs g++ on CPU, triton on CUDA; results differ from eager by float rounding)")
+    g.add_argument("--cache", default="off", choices=CACHES, help="skip or predict denoising steps (faster, changes "
+                   "results; Wan editors only): first_block, magcache (the first run for a schedule calibrates and "
+                   "skips nothing), taylorseer, taylorseer_lite (low memory)")
+    g.add_argument("--cache-threshold", type=float, default=None,
+                   help="first_block / magcache threshold (default 0.05 / 0.06; higher skips more)")
+    g.add_argument("--cache-warmup", type=int, default=2,
+                   help="first steps of each expert always computed in full (magcache, taylorseer)")
+    g.add_argument("--cache-interval", type=int, default=2,
+                   help="taylorseer: a full step every N steps after the warm-up")
+
+
+def with_speed(loaded, args):
+    """Apply the command line's speed options to what an editor loaded (its model set, or the set first in a
+    tuple) and print what is on; returns `loaded`."""
+    from ..speed import Speed, apply_speed
+
+    speed = Speed(attention=args.attention, compile=args.compile, cache=args.cache,
+                  cache_threshold=args.cache_threshold, cache_warmup=args.cache_warmup,
+                  cache_interval=args.cache_interval)
+    models = loaded[0] if isinstance(loaded, tuple) else loaded
+    for note in apply_speed(models, speed):
+        print(f"speed: {note}")
+    return loaded
+
+
 def option_arguments(p: argparse.ArgumentParser, editor: Editor) -> None:
     """One flag per editor option (its manifest key with '-' for '_')."""
     for o in editor.options:
@@ -81,7 +116,7 @@ def run_single(args) -> int:
     editor = EDITORS[args.editor]
     files = model_files(args, editor)
     clock = Clock()
-    loaded = editor.load(files, load_settings(args, editor))
+    loaded = with_speed(editor.load(files, load_settings(args, editor)), args)
     clock.lap("load")
     item = Item(0, "edited", Path(args.source), args.prompt)
     edited, settings, fps = edit_item(editor, loaded, item, options_of(args, editor), clock)
@@ -108,7 +143,8 @@ def run_batch_command(args) -> int:
 
         torch.cuda.set_device(settings.device)
     try:
-        result = run_batch(editor, items, args.out, lambda: editor.load(files, settings), options_of(args, editor),
+        result = run_batch(editor, items, args.out, lambda: with_speed(editor.load(files, settings), args),
+                           options_of(args, editor),
                            progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"interrupted: run the same command again to finish (written items are skipped); see "
@@ -182,3 +218,4 @@ def _shared(p: argparse.ArgumentParser, editor: Editor) -> None:
     model_arguments(p, editor)
     load_arguments(p, editor)
     option_arguments(p, editor)
+    speed_arguments(p)

@@ -18,6 +18,7 @@ import torch
 from ..errors import InputError
 from ..lora import sync_loras
 from ..models.sets import I2V_FAMILIES
+from ..speed import speed_run
 from ..text import PromptEncoder
 from .condition import (
     clip_embeds,
@@ -99,19 +100,20 @@ def denoise(models, state: SamplerState, embeds: Embeds, timesteps: torch.Tensor
     forces one model for every step instead of switching at the boundary."""
     place = placement_of(models)
     boundary = None if models.transformer_2 is None else models.boundary_ratio * NUM_TRAIN_TIMESTEPS
+    experts = [expert or ("transformer" if boundary is None or t >= boundary else "transformer_2") for t in timesteps]
     for hook in hooks:
         hook.start(state)
-    for i, t in enumerate(timesteps):
-        state.step, state.t = i, t
-        state.expert = expert or ("transformer" if boundary is None or t >= boundary else "transformer_2")
-        for hook in hooks:
-            hook.before_step(state)
-        model = place.activate(models, state.expert)
-        sync_loras(models, state.expert)
-        prediction = _predict(model, state, embeds, guidance.scale(state.expert), hooks)
-        state.latents = state.scheduler.step(prediction, t, state.latents, return_dict=False)[0]
-        if progress is not None:
-            progress(1)
+    with speed_run(models, state, timesteps, experts):  # speed options' caches (a no-op when none is applied)
+        for i, t in enumerate(timesteps):
+            state.step, state.t, state.expert = i, t, experts[i]
+            for hook in hooks:
+                hook.before_step(state)
+            model = place.activate(models, state.expert)
+            sync_loras(models, state.expert)
+            prediction = _predict(model, state, embeds, guidance.scale(state.expert), hooks)
+            state.latents = state.scheduler.step(prediction, t, state.latents, return_dict=False)[0]
+            if progress is not None:
+                progress(1)
     return state
 
 
