@@ -12,41 +12,16 @@ each node called as ComfyUI calls it. Prints the median times and their ratios t
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "comfyui"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import comfy_pack, in_comfyui, start_comfyui
+
 CLIPS = [(128, 128, 33), (128, 128, 81)]
 CONFIGS = [("K=1", 1, False), ("K=3", 3, False), ("K=3+last", 3, True)]
-
-
-def in_comfyui() -> None:
-    """Re-run this script with ComfyUI's Python and its tree importable (once)."""
-    tree = Path(os.environ.get("COMFYUI_PATH", SHARED / "src"))
-    if os.environ.get("VPE_IN_COMFYUI"):
-        sys.path[:0] = [str(tree), str(REPO), str(REPO / "bench")]
-        return
-    python = os.environ.get("COMFYUI_PYTHON") or subprocess.run(
-        ["bash", str(SHARED / "setup.sh")], check=True, capture_output=True, text=True).stdout.split()[-1]
-    env = {**os.environ, "VPE_IN_COMFYUI": "1", "PYTHONPATH": ""}
-    sys.exit(subprocess.run([python, __file__, *sys.argv[1:]], env=env, check=False).returncode)
-
-
-def pack():
-    """The pack imported as ComfyUI imports a custom-node folder (its `nodes` package is not ComfyUI's `nodes`)."""
-    import importlib.util
-
-    name = "comfyui-videoprior-edit"
-    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def load(size: str, root: Path):
@@ -86,26 +61,17 @@ def edit(models, tld, width: int, height: int, frames: int, k: int, keep_last: b
 
 
 def main(argv=None) -> None:
-    in_comfyui()
+    in_comfyui(__file__)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="bench_large", help="test-only size in configs/wan_transformer.json")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI reads its own options from the command line
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.utils
+    start_comfyui(args.threads)
     import torch
-
-    comfy.utils.PROGRESS_BAR_ENABLED = False
-
     from common import median
 
-    tld_node = pack().nodes.native.frames.TemporalLatentDropout
-
-    torch.set_num_threads(args.threads)
+    tld_node = comfy_pack().nodes.native.frames.TemporalLatentDropout
     models = load(args.size, Path(tempfile.mkdtemp(prefix="vpe_bench_native_tld_")))
     count = sum(p.numel() for p in models[0].model.diffusion_model.parameters())
     print(f"native ComfyUI experts ({args.size}): {count / 1e6:.1f}M parameters each, "

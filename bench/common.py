@@ -4,9 +4,14 @@ loaded through the pack's own loader (so the benchmark measures the code artists
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the benchmarks run from a checkout, in this venv or ComfyUI's
+    sys.path.insert(0, str(REPO))
 
 from videoprior_edit.models.sets import load_wan_models
 from videoprior_edit.weights import save_file
@@ -66,3 +71,46 @@ def in_fresh_process(script: str, *args: str) -> dict:
     it prints last."""
     done = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
     return json.loads(done.stdout.splitlines()[-1])
+
+
+SHARED = REPO.parent / "shared" / "comfyui"
+
+
+def in_comfyui(script: str) -> None:
+    """Run `script` in ComfyUI's Python with its tree, this repository and bench/ importable: re-starts it once with
+    $COMFYUI_PYTHON or the venv ../shared/comfyui/setup.sh builds; the tree is $COMFYUI_PATH or ../shared/comfyui/src."""
+    tree = Path(os.environ.get("COMFYUI_PATH", SHARED / "src"))
+    if os.environ.get("VPE_IN_COMFYUI"):
+        sys.path[:0] = [str(tree), str(REPO), str(REPO / "bench")]
+        return
+    python = os.environ.get("COMFYUI_PYTHON") or subprocess.run(
+        ["bash", str(SHARED / "setup.sh")], check=True, capture_output=True, text=True).stdout.split()[-1]
+    env = {**os.environ, "VPE_IN_COMFYUI": "1", "PYTHONPATH": ""}
+    sys.exit(subprocess.run([python, script, *sys.argv[1:]], env=env, check=False).returncode)
+
+
+def comfy_pack():
+    """The pack imported as ComfyUI imports a custom-node folder (its `nodes` package is not ComfyUI's `nodes`)."""
+    import importlib.util
+
+    name = "comfyui-videoprior-edit"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def start_comfyui(threads: int) -> None:
+    """ComfyUI's modules on CPU, quiet (inside `in_comfyui`)."""
+    sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI reads its own options from the command line
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.utils
+    import torch
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "comfyui"
 TEST_NODES = Path(__file__).resolve().parent / "comfy_nodes"
-PACK_IMPORTS = "import diffusers, transformers, ftfy, cv2, peft, accelerate, safetensors, sentencepiece"
+PACK_IMPORTS = "import diffusers, transformers, ftfy, cv2, peft, accelerate, safetensors, sentencepiece, gguf"
 
 
 def comfyui_source() -> Path | None:
