@@ -395,6 +395,7 @@ for spec in json.loads(Path(sys.argv[1]).read_text()):
     save_file(trainer.checkpoint_tensors(), str(Path(spec["output"]) / f"rank{rank}.safetensors"))
     (Path(spec["output"]) / f"rank{rank}.json").write_text(json.dumps(
         {"sharded": trainer.sharded, "step": trainer.step, "processes": trainer.accelerator.num_processes}))
+trainer.accelerator.end_training()  # leaves the process group (a gloo group left to exit can abort the process)
 """
 
 

@@ -198,6 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     except VPEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Under torchrun / accelerate launch (batch, trainers): leave the process group before exiting; a gloo group left
+    to the interpreter's exit can abort the process after the work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

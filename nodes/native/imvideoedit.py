@@ -131,7 +131,7 @@ class AdaptedBlock:
 def load_native_adapter(path, model):
     """The adapter file's modules (comfy.ops layers, the file's dtype) after checking the MODEL is its base."""
     config = read_config(path)
-    check_identity(config, native_identity(model))
+    check_identity(config, native_identity(model), loader="Load Diffusion Model")
     adapter = ImVideoEditAdapter(config, comfy_parts())
     adapter.load_state_dict(dict(WeightFile(path).tensors()))
     return adapter.eval().requires_grad_(False)

@@ -11,12 +11,12 @@ import sys
 tree, pack_dir, model_file = sys.argv[1:4]
 sys.path.insert(0, tree)
 sys.argv = [sys.argv[0], "--cpu"]
-import comfy.options  # noqa: E402
+import comfy.options
 
 comfy.options.enable_args_parsing()
-import comfy.model_management as mm  # noqa: E402
-import comfy.sd  # noqa: E402
-import torch  # noqa: E402
+import comfy.model_management as mm
+import comfy.sd
+import torch
 
 spec = importlib.util.spec_from_file_location("comfyui-videoprior-edit", pack_dir + "/__init__.py",
                                               submodule_search_locations=[pack_dir])

@@ -2,7 +2,9 @@
 vs (a) the unpatched MODEL, untrained adapter, and (b) the library's adapter on the diffusers model from the same
 file, trained-like adapter. Prints one JSON line of max abs differences and scales.
 
-Usage: python imvideoedit_check.py COMFYUI_TREE PACK_FOLDER WAN_T2V_FILE OUT_DIR
+(c) the adapter on a Wan model of another family (WRONG_BASE_FILE, e.g. Wan2.1-I2V): the message it is refused with.
+
+Usage: python imvideoedit_check.py COMFYUI_TREE PACK_FOLDER WAN_T2V_FILE OUT_DIR WRONG_BASE_FILE
 """
 
 import importlib.util
@@ -10,15 +12,15 @@ import json
 import sys
 from pathlib import Path
 
-tree, pack_dir, model_file, out_dir = sys.argv[1:5]
+tree, pack_dir, model_file, out_dir, wrong_file = sys.argv[1:6]
 sys.path.insert(0, tree)
 sys.argv = [sys.argv[0], "--cpu"]
-import comfy.options  # noqa: E402
+import comfy.options
 
 comfy.options.enable_args_parsing()
-import comfy.model_management as mm  # noqa: E402
-import comfy.sd  # noqa: E402
-import torch  # noqa: E402
+import comfy.model_management as mm
+import comfy.sd
+import torch
 
 spec = importlib.util.spec_from_file_location("comfyui-videoprior-edit", pack_dir + "/__init__.py",
                                               submodule_search_locations=[pack_dir])
@@ -69,4 +71,9 @@ with torch.no_grad():
     out["trained_vs_plain"] = (ours - plain).abs().max().item()
     out["scale"] = plain.abs().max().item()
     out["latent_shape"] = list(latent["samples"].shape)
+try:
+    native.patch_adapter(comfy.sd.load_diffusion_model(wrong_file), files["untrained"], {"samples": raw})
+    out["wrong_base"] = "accepted"
+except sys.modules["comfyui-videoprior-edit.videoprior_edit.errors"].ModelFileError as error:
+    out["wrong_base"] = f"{type(error).__name__}: {error}"
 print(json.dumps(out))

@@ -130,13 +130,14 @@ def check_base(config: AdapterConfig, transformer) -> None:
     check_identity(config, base_identity(transformer))
 
 
-def check_identity(config: AdapterConfig, ident: dict) -> None:
-    """`check_base` for a model given by its identity (`base`, `family`, `size`, `dim`, `heads`, `layers`)."""
+def check_identity(config: AdapterConfig, ident: dict, loader: str = "Load Wan Models") -> None:
+    """`check_base` for a model given by its identity (`base`, `family`, `size`, `dim`, `heads`, `layers`);
+    `loader`: the node the message tells the user to load the right base with."""
     keys = ("family", "dim", "heads", "layers")
     if any(ident[k] != getattr(config, k) for k in keys) or config.size != ident["size"] != "unknown":
         raise ModelFileError(f"This ImVideoEdit adapter was trained on {config.describe()}; the loaded model is "
                              f"{ident['base']} ({ident['dim']} wide, {ident['layers']} blocks).",
-                             f"Load {config.base} in Load Wan Models, or use an adapter trained for this model.")
+                             f"Load {config.base} in {loader}, or use an adapter trained for this model.")
 
 
 # ----------------------------------------------------------------------------------------------- insertion
