@@ -4,25 +4,17 @@ unpatched Wan model run by hand on the concatenated sequence. Prints one JSON li
 Usage: python byg_by_hand.py COMFYUI_TREE PACK_FOLDER WAN_T2V_FILE
 """
 
-import importlib.util
 import json
 import sys
 
-tree, pack_dir, model_file = sys.argv[1:4]
-sys.path.insert(0, tree)
-sys.argv = [sys.argv[0], "--cpu"]
-import comfy.options
+from in_comfyui import start
 
-comfy.options.enable_args_parsing()
+tree, pack_dir, model_file = sys.argv[1:4]
+pack = start(tree, pack_dir)
 import comfy.model_management as mm
 import comfy.sd
 import torch
 
-spec = importlib.util.spec_from_file_location("comfyui-videoprior-edit", pack_dir + "/__init__.py",
-                                              submodule_search_locations=[pack_dir])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["comfyui-videoprior-edit"] = pack
-spec.loader.exec_module(pack)
 byg = pack.nodes.native.byg
 
 model = comfy.sd.load_diffusion_model(model_file)

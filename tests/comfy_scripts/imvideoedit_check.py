@@ -1,32 +1,23 @@
 """Run with ComfyUI's Python (tests/test_native_byg.py does): the ImVideoEdit adapter on a native Wan2.1-T2V MODEL
 vs (a) the unpatched MODEL, untrained adapter, and (b) the library's adapter on the diffusers model from the same
-file, trained-like adapter. Prints one JSON line of max abs differences and scales.
-
-(c) the adapter on a Wan model of another family (WRONG_BASE_FILE, e.g. Wan2.1-I2V): the message it is refused with.
+file, trained-like adapter, and (c) the adapter on a Wan model of another family (WRONG_BASE_FILE, e.g. Wan2.1-I2V):
+the message it is refused with. Prints one JSON line of max abs differences, scales and that message.
 
 Usage: python imvideoedit_check.py COMFYUI_TREE PACK_FOLDER WAN_T2V_FILE OUT_DIR WRONG_BASE_FILE
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-tree, pack_dir, model_file, out_dir, wrong_file = sys.argv[1:6]
-sys.path.insert(0, tree)
-sys.argv = [sys.argv[0], "--cpu"]
-import comfy.options
+from in_comfyui import start
 
-comfy.options.enable_args_parsing()
+tree, pack_dir, model_file, out_dir, wrong_file = sys.argv[1:6]
+pack = start(tree, pack_dir)
 import comfy.model_management as mm
 import comfy.sd
 import torch
 
-spec = importlib.util.spec_from_file_location("comfyui-videoprior-edit", pack_dir + "/__init__.py",
-                                              submodule_search_locations=[pack_dir])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["comfyui-videoprior-edit"] = pack
-spec.loader.exec_module(pack)
 native = pack.nodes.native.imvideoedit
 lib = sys.modules["comfyui-videoprior-edit.videoprior_edit.imvideoedit"]
 wan_loader = sys.modules["comfyui-videoprior-edit.videoprior_edit.models.wan"]
