@@ -1,6 +1,8 @@
-"""A LoRA loader for ComfyUI's own Wan MODELs that reads every format the library reads.
+"""A LoRA loader for ComfyUI's own Wan and FLUX.1 MODELs that reads every format the library reads.
 
-The library rewrites the LoRA in the layout ComfyUI's loader understands (`videoprior_edit.lora.original`); ComfyUI's
+The library rewrites the LoRA in a layout ComfyUI's loader understands (`videoprior_edit.lora.original`: Wan's
+original names; FLUX's diffusers names, which ComfyUI's key map sends to its fused qkv / linear1 weights with row
+offsets and to the final layer with its scale/shift swap); ComfyUI's
 own `comfy.lora.load_lora` turns that into weight patches and `ModelPatcher.add_patches` puts them on a MODEL clone,
 exactly as core's LoraLoaderModelOnly does. So the patched weights equal core's wherever core reads the file, and
 DynamicVRAM, low-VRAM loading and other LoRA nodes treat them like core's.
@@ -14,6 +16,7 @@ from ...videoprior_edit.lora import read_lora
 from ...videoprior_edit.lora.original import (
     core_reads,
     describe_shapes,
+    flux_layout,
     original_layout,
 )
 from .. import host
@@ -27,9 +30,9 @@ def patch_lora(model, path, strength: float):
     import comfy.lora
 
     lora = read_lora(path)
-    state = model.model.state_dict()
-    shapes = {k[len(PREFIX):]: tuple(v.shape) for k, v in state.items() if k.startswith(PREFIX)}
-    tensors, report = original_layout(lora, shapes, target=f"MODEL ({describe_shapes(shapes)})")
+    shapes, flux = model_shapes(model)
+    layout = flux_layout if flux else original_layout
+    tensors, report = layout(lora, shapes, target=f"MODEL ({describe_shapes(shapes)})")
     core_names = comfy.lora.model_lora_keys_unet(model.model, {})
     patches = comfy.lora.load_lora(tensors, core_names, log_missing=False)
     patched = model.clone()
@@ -47,9 +50,33 @@ def patch_lora(model, path, strength: float):
     return patched, line
 
 
-def _held_by_parent(model, key: str) -> bool:
+def model_shapes(model) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """(parameter shapes, is FLUX): a Wan MODEL's original names; a FLUX MODEL's diffusers names, from ComfyUI's own
+    diffusers-to-BFL table (a name that is a row range of a fused weight gets that range's shape)."""
+    import comfy.model_base
+    import comfy.utils
+
+    state = model.model.state_dict()
+    shapes = {k[len(PREFIX):]: tuple(v.shape) for k, v in state.items() if k.startswith(PREFIX)}
+    if not isinstance(model.model, comfy.model_base.Flux):
+        return shapes, False
+    diffusers = {}
+    for name, to in comfy.utils.flux_to_diffusers(model.model.model_config.unet_config).items():
+        key, rows = (to[0], to[1]) if isinstance(to, tuple) else (to, None)
+        if key in shapes:
+            shape = list(shapes[key])
+            if rows is not None:
+                shape[rows[0]] = rows[2]
+            diffusers[name] = tuple(shape)
+    return diffusers, True
+
+
+def _held_by_parent(model, key) -> bool:
     """Whether `key` is a parameter of a module that also has sub-modules with parameters (Wan's per-block and head
-    `modulation` tables): ComfyUI's patcher only patches parameters of leaf modules, so it would skip it."""
+    `modulation` tables): ComfyUI's patcher only patches parameters of leaf modules, so it would skip it. A key with
+    a row range or a function (FLUX's fused weights) is a leaf's."""
+    if isinstance(key, tuple):
+        return False
     owner = model.get_model_object(key.rsplit(".", 1)[0])
     return any(True for child in owner.children() for _ in child.parameters())
 
@@ -78,8 +105,9 @@ class LoraLoaderModelOnly:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "A Wan model from a ComfyUI loader (Load Diffusion Model, a GGUF loader, "
-                                           "...) or another LoRA node. For Wan2.2-A14B use one node per expert."}),
+            "model": ("MODEL", {"tooltip": "A Wan or FLUX.1 model from a ComfyUI loader (Load Diffusion Model, a GGUF "
+                                           "loader, ...) or another LoRA node. For Wan2.2-A14B use one node per "
+                                           "expert."}),
             "lora_name": (host.model_choices("loras"), {"tooltip": (
                 "LoRA from models/loras: lightx2v / Kijai (incl. diff, diff_b, diff_m), musubi-tuner / kohya "
                 "(full or partial), diffusers / PEFT (alpha from the metadata, `.default` adapter names), "
@@ -93,8 +121,8 @@ class LoraLoaderModelOnly:
     OUTPUT_TOOLTIPS = ("The model with the LoRA as weight patches (ComfyUI merges them when it loads the model).",)
     FUNCTION = "load"
     CATEGORY = "VideoPriorEdit/LoRA"
-    DESCRIPTION = ("Loads a Wan LoRA in any common key format, including those ComfyUI's own LoRA loader drops "
-                   "(diffusers/PEFT names, lightx2v diff_m, adapter-named keys), as ComfyUI weight patches. One "
+    DESCRIPTION = ("Loads a Wan or FLUX.1 LoRA in any common key format, including those ComfyUI's own LoRA loader "
+                   "drops (diffusers/PEFT names, lightx2v diff_m, adapter-named keys), as ComfyUI weight patches. One "
                    "summary line says how many modules matched; a LoRA made for another model is refused with the "
                    "model it seems made for.")
 

@@ -6,7 +6,7 @@ the names tables and the refusals of the library's own loader (`apply.match`), i
 (diffusers / PEFT names, PEFT adapter names such as `.default`, OneTrainer and LyCORIS names, lightx2v's `diff_m`,
 the alpha diffusers keeps in the file's metadata). ComfyUI then turns the result into its weight patches
 (`comfy.lora.load_lora` + `ModelPatcher.add_patches`), so merging, offloading and low-VRAM loading stay ComfyUI's.
-Nothing here imports ComfyUI. Wan models (2.1 / 2.2, every expert and variant) for now.
+Nothing here imports ComfyUI. Wan models (2.1 / 2.2, every expert and variant) and FLUX.1 transformers.
 """
 
 from __future__ import annotations
@@ -24,11 +24,17 @@ from .targets import ModelNames, Piece, model_family
 PREFIX = "diffusion_model."
 # the tensor names ComfyUI's LoRA loader reads for a module (the rest of a module's keys it drops)
 CORE_SUFFIXES = (".lora_up.weight", ".lora_down.weight", ".lora_A.weight", ".lora_B.weight", ".lora.up.weight",
-                 ".lora.down.weight", ".alpha", ".diff", ".diff_b")
+                 ".lora.down.weight", ".lora_A.default.weight", ".lora_B.default.weight", ".alpha", ".diff",
+                 ".diff_b")
 
 
 def describe_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
-    """"Wan, 40 blocks, hidden size 5120" from a model's original parameter names and shapes."""
+    """"Wan, 40 blocks, hidden size 5120" from a Wan model's original parameter names and shapes, or "FLUX, 19 double
+    and 38 single blocks, hidden size 3072" from a FLUX transformer's diffusers names."""
+    if "x_embedder.weight" in shapes:
+        double = len({k.split(".")[1] for k in shapes if k.startswith("transformer_blocks.")})
+        single = len({k.split(".")[1] for k in shapes if k.startswith("single_transformer_blocks.")})
+        return f"FLUX, {double} double and {single} single blocks, hidden size {shapes['x_embedder.weight'][0]}"
     blocks = len({k.split(".")[1] for k in shapes if k.startswith("blocks.")})
     hidden = shapes.get("patch_embedding.weight", (0,))[0]
     return f"Wan, {blocks} blocks, hidden size {hidden}"
@@ -42,33 +48,48 @@ def original_layout(lora: LoraFile, shapes: dict[str, tuple[int, ...]], target: 
     for key, shape in shapes.items():
         name = wan_key_to_diffusers(key)
         if name is not None:
-            diffusers[name] = torch.empty(shape, device="meta")
+            diffusers[name] = shape
     if model_family(diffusers) != "wan":
-        raise ModelFileError(f"The {target} is not a Wan model; this LoRA loader patches Wan models.",
+        raise ModelFileError(f"The {target} is not a Wan model; this loader patches Wan and FLUX.1 models.",
                              "Use ComfyUI's own LoRA loader for other models.")
-    report, matched = match(lora, ModelNames.of(diffusers), target, lambda: describe_shapes(shapes))
+    return _layout(lora, diffusers, target, lambda: describe_shapes(shapes),
+                   module=lambda name: PREFIX + wan_key_to_original(name).removesuffix(".weight").removesuffix(".bias"),
+                   shape=lambda name: shapes[wan_key_to_original(name)])
+
+
+def flux_layout(lora: LoraFile, shapes: dict[str, tuple[int, ...]], target: str = "model"
+                ) -> tuple[dict[str, torch.Tensor], LoraReport]:
+    """`lora` as `{"transformer.<module>.lora_down.weight": ..., ...}` (diffusers names, which ComfyUI's LoRA key map
+    sends to its fused BFL weights with their row offsets) for the FLUX transformer whose diffusers parameter names
+    have `shapes`, and the report; refused as the library's loader refuses."""
+    if model_family(shapes) != "flux":
+        raise ModelFileError(f"The {target} is not a FLUX.1 model.", "Use ComfyUI's own LoRA loader for it.")
+    return _layout(lora, shapes, target, lambda: describe_shapes(shapes),
+                   module=lambda name: "transformer." + name.removesuffix(".weight").removesuffix(".bias"),
+                   shape=lambda name: shapes[name])
+
+
+def _layout(lora: LoraFile, shapes: dict, target: str, description, *, module, shape):
+    """Match `lora` to the model whose diffusers names have `shapes`; write each piece under `module(name)` (LoRA pair
+    and alpha, diff reshaped to `shape(name)`, diff_b)."""
+    params = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+    report, matched = match(lora, ModelNames.of(params), target, description)
     out: dict[str, torch.Tensor] = {}
     for delta, pieces in matched:
         for piece in pieces:
-            _write(out, delta, piece, shapes)
+            if piece.weight is not None:
+                name = module(piece.weight)
+                if piece.up is not None:
+                    out[name + ".lora_down.weight"] = piece.down
+                    out[name + ".lora_up.weight"] = piece.up
+                    alpha = _alpha(delta, piece)
+                    if alpha is not None:
+                        out[name + ".alpha"] = torch.tensor(alpha, dtype=torch.float32)
+                if piece.diff is not None:
+                    out[name + ".diff"] = piece.diff.reshape(shape(piece.weight))
+            if piece.bias is not None:
+                out[module(piece.bias) + ".diff_b"] = piece.diff_b.reshape(-1)
     return out, report
-
-
-def _write(out: dict, delta: LoraDelta, piece: Piece, shapes: dict) -> None:
-    if piece.weight is not None:
-        name = wan_key_to_original(piece.weight)
-        module = PREFIX + name.removesuffix(".weight")
-        if piece.up is not None:
-            out[module + ".lora_down.weight"] = piece.down
-            out[module + ".lora_up.weight"] = piece.up
-            alpha = _alpha(delta, piece)
-            if alpha is not None:
-                out[module + ".alpha"] = torch.tensor(alpha, dtype=torch.float32)
-        if piece.diff is not None:
-            out[module + ".diff"] = piece.diff.reshape(shapes[name])
-    if piece.bias is not None:
-        module = PREFIX + wan_key_to_original(piece.bias).removesuffix(".bias")
-        out[module + ".diff_b"] = piece.diff_b.reshape(-1)
 
 
 def _alpha(delta: LoraDelta, piece: Piece) -> float | None:
