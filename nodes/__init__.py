@@ -1,4 +1,10 @@
-"""ComfyUI nodes of VideoPrior Edit: thin adapters over the `videoprior_edit` library."""
+"""ComfyUI nodes of VideoPrior Edit (V3 schema, `comfy_api.latest`): thin adapters over the `videoprior_edit` library.
+
+ComfyUI calls `comfy_entrypoint` (the pack's `__init__.py` re-exports it), which returns the extension: its node list,
+and on load the NodeReplace entries for ids that left the pack (`replacements.py`).
+"""
+
+from comfy_api.latest import ComfyAPI, ComfyExtension
 
 from . import (
     byg,
@@ -8,18 +14,28 @@ from . import (
     loaders,
     lora,
     native,
+    replacements,
     rewrite,
     scpr,
     video4edit,
 )
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
-for _module in (native, loaders, lora, if_edit, rewrite, scpr, video4edit, imvideoedit, byg):
-    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+NODES = [node for module in (native, loaders, lora, if_edit, rewrite, scpr, video4edit, imvideoedit, byg)
+         for node in module.NODES]
+NODES_BY_ID = {node.GET_SCHEMA().node_id: node for node in NODES}
 
-for _cls in NODE_CLASS_MAPPINGS.values():  # warnings and LoRA summaries shown on the node (see host.reported)
-    _fn = getattr(_cls, _cls.FUNCTION)
-    if not getattr(_fn, "vpe_reported", False):
-        setattr(_cls, _cls.FUNCTION, host.reported(_fn))
+for _node in NODES:  # warnings and LoRA summaries shown on the node, Cancel inside long stages (see host.reported)
+    if not getattr(_node.execute, "vpe_reported", False):
+        _node.execute = classmethod(host.reported(_node.execute.__func__))
+
+
+class VideoPriorEdit(ComfyExtension):
+    async def on_load(self) -> None:
+        await replacements.register(ComfyAPI())
+
+    async def get_node_list(self) -> list:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> VideoPriorEdit:
+    return VideoPriorEdit()

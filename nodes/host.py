@@ -1,7 +1,8 @@
 """The one bridge to ComfyUI: device, model folders, progress with Cancel, freeing ComfyUI's models.
 
-Everything else in the pack asks this module; without ComfyUI it falls back to torch, a plain `models/` folder
-(VPE_MODELS_DIR or ./models) and tqdm, so the nodes run from Python and in tests.
+Everything else in the pack asks this module; where ComfyUI's model code is not importable (only its node API,
+`comfy_api`, as in the tests' venv) it falls back to torch, a plain `models/` folder (VPE_MODELS_DIR or ./models) and
+tqdm, so the nodes also run from Python. Node results are V3 `io.NodeOutput`s (`node_output`, `reported`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from comfy_api.latest import io
 
 from ..videoprior_edit.cancel import cancellable
 from ..videoprior_edit.folders import KINDS, ModelFolders
@@ -129,22 +131,23 @@ class _Collect(logging.Handler):
             self.lines.append(record.getMessage())
 
 
-def with_report(out, lines: list[str]):
-    """A node's return value with `lines` shown on the node (ComfyUI's `ui.text`, above any text it already
-    shows; lines it already shows are not repeated)."""
+def with_report(out, lines: list[str]) -> io.NodeOutput:
+    """A node's return value as a NodeOutput with `lines` shown on the node (ComfyUI's `ui.text`, above any text it
+    already shows; lines it already shows are not repeated)."""
+    if not isinstance(out, io.NodeOutput):
+        out = io.NodeOutput(*out)
     if not lines:
         return out
-    if not isinstance(out, dict):
-        out = {"result": tuple(out)}
-    ui = out.setdefault("ui", {})
+    ui = dict(out.ui or {})
     shown = list(ui.get("text", []))
     said = "\n".join(map(str, shown))
     ui["text"] = [line for line in dict.fromkeys(lines) if line not in said] + shown
+    out.ui = ui
     return out
 
 
 def reported(fn):
-    """Wrap a node's function so the library's warnings and LoRA summaries appear on the node, not only in the
+    """Wrap a node's `execute` so the library's warnings and LoRA summaries appear on the node, not only in the
     console (the pack's web extension shows `ui.text` under the node), and so Cancel acts inside every long stage
     (VAE, encoders, samplers: `cancellable`), not only between steps."""
 
@@ -167,14 +170,14 @@ def reported(fn):
     return run
 
 
-def node_output(info: str, result: tuple, preview: torch.Tensor | None = None) -> dict:
+def node_output(info: str, result: tuple, preview: torch.Tensor | None = None) -> io.NodeOutput:
     """A node's return value: `result`, `info` shown on the node and, inside ComfyUI, a few small frames of
     `preview` (IMAGE frames) as the node's preview."""
     ui = {"text": [info]}
     images = preview_images(preview) if preview is not None else []
     if images:
         ui["images"] = images
-    return {"ui": ui, "result": result}
+    return io.NodeOutput(*result, ui=ui)
 
 
 def preview_images(frames: torch.Tensor, count: int = 4, side: int = 256) -> list[dict]:

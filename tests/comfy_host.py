@@ -249,7 +249,8 @@ STAND_IN_LOADERS = {"CLIPLoader": "VPETest_TinyTextEncoderLoader", "CLIPVisionLo
 def on_zoo(prompt: dict, server: ComfyServer) -> dict:
     """A shipped workflow's API prompt made to run on the tiny zoo in a few seconds: small pictures, the zoo's tiny
     Qwen-VL instead of a VLM server, the test stand-in loaders where core's loaders need full-size files."""
-    choices = server.get("/object_info/VPE_PromptRewriter")["VPE_PromptRewriter"]["input"]["required"]["local_model"][0]
+    rewriter = server.get("/object_info/VPE_PromptRewriter")["VPE_PromptRewriter"]
+    choices = rewriter["input"]["required"]["local_model"][1]["options"]
     llm = next(c for c in choices if c != "none")
     for node in prompt.values():
         inputs = node["inputs"]

@@ -12,6 +12,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the pack may touch the Hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_host
+
+# The pack's nodes are V3 nodes: ComfyUI's node API (`comfy_api`) comes from the real ComfyUI tree, at the end of the
+# path (pytest also imports the repository's __init__.py, as the package the tests folder sits in). ComfyUI's model
+# code does not import in this venv, so the pack's host falls back to plain torch and folders here.
+# VPE_COMFY_API_PATH: another tree for this venv's comfy_api, for runs whose servers use an older ComfyUI
+# (COMFYUI_PATH), whose comfy_api imports its model code.
+COMFYUI = Path(os.environ["VPE_COMFY_API_PATH"]) if os.environ.get("VPE_COMFY_API_PATH") else comfy_host.comfyui_source()
+if COMFYUI is not None and str(COMFYUI) not in sys.path:
+    sys.path.append(str(COMFYUI))
 
 
 def assert_same(a, b) -> None:
@@ -34,7 +45,11 @@ def zoo(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pack():
-    """The repository folder imported as a package under a folder-like name, as ComfyUI's loader does."""
+    """The repository folder imported as a package under a folder-like name, as ComfyUI's loader does. Its nodes are
+    V3 nodes, so ComfyUI's node API (`comfy_api`, from the real ComfyUI tree) is put on the path; ComfyUI's model code
+    is not importable from this venv, so the pack's host falls back to plain torch and folders."""
+    if COMFYUI is None:
+        pytest.fail("no ComfyUI tree for comfy_api: set COMFYUI_PATH, or put one in ../shared/comfyui/src")
     name = "comfyui-videoprior-edit"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
@@ -49,8 +64,6 @@ def pack():
 def comfy(zoo, tmp_path_factory):
     """A real ComfyUI server (see `comfy_host`) on CPU with the pack and the test stand-in loaders, the tiny zoo as
     its models (also under the real file names the workflows use) and a picture and a clip in its input/."""
-    import comfy_host
-
     source = comfy_host.comfyui_source()
     if source is None:
         pytest.skip("no ComfyUI tree: set COMFYUI_PATH, or put one in ../shared/comfyui/src")

@@ -293,26 +293,26 @@ def test_flux_sets_refuse_disk_parking(zoo):
 # ------------------------------------------------------------------------------------------------ nodes
 def test_byg_nodes_on_the_tiny_zoo(pack, zoo, t2v, monkeypatch):
     monkeypatch.setenv("VPE_MODELS_DIR", str(zoo.models))
-    nodes = pack.NODE_CLASS_MAPPINGS
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["VPE_ByGVideoEdit"] == "ByG Video Edit"
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["VPE_ByGImageEdit"] == "ByG Image Edit"
+    nodes = pack.nodes.NODES_BY_ID
+    assert nodes["VPE_ByGVideoEdit"].GET_SCHEMA().display_name == "ByG Video Edit"
+    assert nodes["VPE_ByGImageEdit"].GET_SCHEMA().display_name == "ByG Image Edit"
     video = types.SimpleNamespace(get_components=lambda: types.SimpleNamespace(images=_clip(), frame_rate=24))
-    node = nodes["VPE_ByGVideoEdit"]()
-    out = node.edit(t2v, "make it a cartoon", "", 2, 0.0, 0.0, 0.0, "unipc", 0, video=video)["result"]
+    node = nodes["VPE_ByGVideoEdit"]
+    out = node.execute(t2v, "make it a cartoon", "", 2, 0.0, 0.0, 0.0, "unipc", 0, video=video).args
     assert out[0].shape == (9, 48, 64, 3) and out[1] == 24.0
-    out = node.edit(t2v, "x", "", 1, 1.0, 0.0, 0.0, "euler", 0, frames=_clip(), source_timestep="zero")["result"]
+    out = node.execute(t2v, "x", "", 1, 1.0, 0.0, 0.0, "euler", 0, frames=_clip(), source_timestep="zero").args
     assert out[0].shape == (9, 48, 64, 3) and out[1] == 16.0
 
-    loader = nodes["VPE_FluxModelLoader"]()
-    (flux,) = loader.load("tiny_flux1-dev.safetensors", "tiny_clip_l.safetensors", "tiny_t5xxl_fp16.safetensors",
+    loader = nodes["VPE_FluxModelLoader"]
+    (flux,) = loader.execute("tiny_flux1-dev.safetensors", "tiny_clip_l.safetensors", "tiny_t5xxl_fp16.safetensors",
                           "tiny_flux_ae.safetensors", "fp32")
     assert flux.placement.mode == "one_expert"  # the node's "one_model"
-    (blocks,) = loader.load("tiny_flux1-dev.safetensors", "tiny_clip_l.safetensors", "tiny_t5xxl_fp16.safetensors",
+    (blocks,) = loader.execute("tiny_flux1-dev.safetensors", "tiny_clip_l.safetensors", "tiny_t5xxl_fp16.safetensors",
                             "tiny_flux_ae.safetensors", "fp32", placement="block_offload")
     assert blocks.placement.mode == "block_offload"
     with pytest.raises(pack.videoprior_edit.errors.InputError, match="Unknown placement"):
-        loader.load("tiny_flux1-dev.safetensors", "tiny_clip_l.safetensors", "tiny_t5xxl_fp16.safetensors",
+        loader.execute("tiny_flux1-dev.safetensors", "tiny_clip_l.safetensors", "tiny_t5xxl_fp16.safetensors",
                     "tiny_flux_ae.safetensors", "fp32", placement="one_expert_disk")
-    edited, info = nodes["VPE_ByGImageEdit"]().edit(flux, _clip(1, 40, 56), "make it blue", 2, 3.5, 0)["result"]
+    edited, info = nodes["VPE_ByGImageEdit"].execute(flux, _clip(1, 40, 56), "make it blue", 2, 3.5, 0).args
     assert edited.shape == (1, 32, 64, 3) and "resized to 64x32" in info
     assert "VPE_FluxLoraLoader" in nodes

@@ -32,12 +32,12 @@ def test_pack_loads_in_comfyui_without_errors(comfy):
 def test_loader_dropdowns_list_the_tiny_zoo(comfy, zoo):
     node = comfy.get("/object_info/VPE_WanModelLoader")["VPE_WanModelLoader"]
     required = node["input"]["required"]
-    assert zoo.file("wan22_i2v_high").name in required["model"][0]
-    assert zoo.file("umt5").name in required["text_encoder"][0]
-    assert required["clip_vision"][0][0] == "none"
+    assert zoo.file("wan22_i2v_high").name in required["model"][1]["options"]
+    assert zoo.file("umt5").name in required["text_encoder"][1]["options"]
+    assert required["clip_vision"][1]["options"][0] == "none"
     assert node["output"] == ["VPE_WAN_MODELS"]
     loras = comfy.get("/object_info/VPE_LoraLoaderModelOnly")["VPE_LoraLoaderModelOnly"]["input"]["required"]
-    assert zoo.file("lightning_high").name in loras["lora_name"][0]
+    assert zoo.file("lightning_high").name in loras["lora_name"][1]["options"]
 
 
 def test_if_edit_graph_runs_in_comfyui(comfy, zoo):
@@ -74,7 +74,7 @@ WORKFLOWS = sorted(p for p in (REPO / "workflows" / "api").glob("*.json"))
 EDITORS = {"VPE_TailFrameEditor", "VPE_IFEditImageToVideo", "VPE_StillVideoRefiner", "VPE_ByGImageEdit",
            "VPE_ByGVideoEdit", "VPE_ImVideoEditVideoEdit", "VPE_TemporalLatentDropout", "VPE_IFEditSampler",
            "VPE_ChronoEditTemporalReasoning", "VPE_ByGSourceTokens",
-           "VPE_ImVideoEditAdapterNative", "VPE_ByGImageSourceTokens"}  # the nodes that report on their run (ui.text)
+           "VPE_ImVideoEditAdapter", "VPE_ByGImageSourceTokens"}  # the nodes that report on their run (ui.text)
 VIDEO_FRAMES = {"ByG video edit (Wan2.2-T2V LoRAs)": 9,  # the 10-frame source cut to 4k+1
                 "ImVideoEdit video edit (Wan2.1-T2V adapter)": 9}
 

@@ -245,28 +245,28 @@ class _Video:
 
 
 def test_editor_nodes_on_9_and_33_frame_sources(pack, t2v, tmp_path, monkeypatch):
-    nodes = pack.NODE_CLASS_MAPPINGS
+    nodes = pack.nodes.NODES_BY_ID
     (tmp_path / "loras").mkdir()
     save_adapter(_trained_like(create_adapter(t2v.transformer)), tmp_path / "loras" / "ive.safetensors", "fp32")
     monkeypatch.setenv("VPE_MODELS_DIR", str(tmp_path))
-    loaded = nodes["VPE_ImVideoEditAdapterLoader"]().load(t2v, "ive.safetensors")
-    adapter, info = loaded["result"]
+    loaded = nodes["VPE_ImVideoEditAdapterLoader"].execute(t2v, "ive.safetensors")
+    adapter, info = loaded.args
     assert "256 wide, 2 blocks" in info
-    editor = nodes["VPE_ImVideoEditVideoEdit"]()
-    spec = editor.INPUT_TYPES()
+    editor = nodes["VPE_ImVideoEditVideoEdit"]
+    spec = editor.GET_NODE_INFO_V1()["input"]
     assert {"frames", "video", "fps", "strength"} <= set(spec["optional"])
     g = torch.Generator().manual_seed(0)
-    out = editor.edit(t2v, adapter, "a blue cat", "", 2, 1.0, 3.0, "unipc", 0, frames=torch.rand(9, 48, 64, 3,
+    out = editor.execute(t2v, adapter, "a blue cat", "", 2, 1.0, 3.0, "unipc", 0, frames=torch.rand(9, 48, 64, 3,
                                                                                                   generator=g),
                       fps=24.0)
-    frames, fps, _ = out["result"]
+    frames, fps, _ = out.args
     assert frames.shape == (9, 48, 64, 3) and fps == 24.0
     video = _Video(torch.rand(33, 48, 64, 3, generator=g), 30000 / 1001)
-    frames, fps, info = editor.edit(t2v, adapter, "a blue cat", "", 2, 2.0, 3.0, "euler", 1, video=video)["result"]
+    frames, fps, info = editor.execute(t2v, adapter, "a blue cat", "", 2, 2.0, 3.0, "euler", 1, video=video).args
     assert frames.shape == (33, 48, 64, 3) and fps == pytest.approx(29.97, abs=1e-3) and info == "no adjustments"
     assert frames.min() >= 0 and frames.max() <= 1
     with pytest.raises(pack.videoprior_edit.errors.InputError, match="No source video"):
-        editor.edit(t2v, adapter, "x", "", 1, 1.0, 3.0, "unipc", 0)
+        editor.execute(t2v, adapter, "x", "", 1, 1.0, 3.0, "unipc", 0)
 
 
 @pytest.mark.parametrize("mode", ["one_expert_disk", "block_offload"])

@@ -790,17 +790,17 @@ def test_set_mixes_merged_and_unmerged_and_logs_one_line(zoo, tmp_path, caplog):
 def test_lora_node_merge_input(pack, zoo, monkeypatch):
     from test_nodes import _zoo_set
 
-    node = pack.NODE_CLASS_MAPPINGS["VPE_WanLoraLoader"]()
-    spec = node.INPUT_TYPES()
+    node = pack.nodes.NODES_BY_ID["VPE_WanLoraLoader"]
+    spec = node.GET_NODE_INFO_V1()["input"]
     assert list(spec["required"]) == ["wan_models", "lora", "strength", "expert"]
     assert spec["optional"]["merge"][0] == "BOOLEAN" and spec["optional"]["merge"][1]["default"] is True
     models = _zoo_set(pack, zoo, monkeypatch)
     q = models.transformer.blocks[0].attn1.to_q.weight.clone()
-    out = node.apply(models, zoo.file("lightning_high").name, 0.5, "high", merge=False)
-    (lit,) = out["result"]  # the node shows the load summary on itself (ui.text)
-    assert any("added unmerged to 20 of its 20 modules" in line for line in out["ui"]["text"])
+    out = node.execute(models, zoo.file("lightning_high").name, 0.5, "high", merge=False)
+    (lit,) = out.args  # the node shows the load summary on itself (ui.text)
+    assert any("added unmerged to 20 of its 20 modules" in line for line in out.ui["text"])
     assert lit.loras == [(str(zoo.file("lightning_high")), 0.5, "high", False)] and models.loras == []
     assert torch.equal(lit.transformer.blocks[0].attn1.to_q.weight, q)  # kept beside the weights
     assert unmerged_loras(lit.transformer) == {"set:" + str(zoo.file("lightning_high")): 0.5}
-    (merged,) = node.apply(models, zoo.file("lightning_high").name, 0.5, "high")["result"]
+    (merged,) = node.execute(models, zoo.file("lightning_high").name, 0.5, "high").args
     assert merged.loras == [(str(zoo.file("lightning_high")), 0.5, "high")]

@@ -485,51 +485,51 @@ def test_rewriter_node_lists_llm_folders_and_runs_each_backend(pack, zoo, monkey
     from videoprior_edit.models.wan import load_umt5
 
     monkeypatch.setenv("VPE_MODELS_DIR", str(zoo.models))
-    node = pack.NODE_CLASS_MAPPINGS["VPE_PromptRewriter"]()
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["VPE_PromptRewriter"] == "Evolution Prompt Rewriter (IF-Edit)"
-    inputs = node.INPUT_TYPES()
-    choices = inputs["required"]["local_model"][0]
+    node = pack.nodes.NODES_BY_ID["VPE_PromptRewriter"]
+    assert node.GET_SCHEMA().display_name == "Evolution Prompt Rewriter (IF-Edit)"
+    inputs = node.GET_NODE_INFO_V1()["input"]
+    choices = inputs["required"]["local_model"][1]["options"]
     assert choices[0] == "none" and {p.name for p in zoo.qwen_vl.values()} <= set(choices)
     assert inputs["optional"]["keep_loaded"][1]["default"] is False and node.CATEGORY == "VideoPriorEdit/IF-Edit"
 
-    out = node.rewrite("take the paper out of her hand", "edit", "local", "tiny-Qwen2.5-VL-Instruct", 3,
+    out = node.execute("take the paper out of her hand", "edit", "local", "tiny-Qwen2.5-VL-Instruct", 3,
                        image=_image(), max_tokens=16, precision="fp32", device="cpu")
-    prompt, raw = out["result"]
-    assert _clean(prompt) and raw and out["ui"]["text"][0].endswith(prompt)
+    prompt, raw = out.args
+    assert _clean(prompt) and raw and out.ui["text"][0].endswith(prompt)
     assert backends._RESIDENT == {}
-    named = node.rewrite("take the paper out of her hand", "edit", "local", "none", 3, image=_image(), max_tokens=16,
+    named = node.execute("take the paper out of her hand", "edit", "local", "none", 3, image=_image(), max_tokens=16,
                          precision="fp32", device="cpu", local_model_path=str(zoo.qwen_vl["qwen2_5_vl"]))
-    assert named["result"] == (prompt, raw)  # the same folder named by path: the same answer
+    assert named.args == (prompt, raw)  # the same folder named by path: the same answer
 
     _, tok = load_umt5(zoo.file("umt5"), "fp32")
     wan = types.SimpleNamespace(tokenizer=tok)  # a Wan set's tokenizer, for the exact count
-    prompt, raw = node.rewrite("take the paper out of her hand", "edit", "template", "none", 0, wan_models=wan,
-                               max_tokens=40)["result"]
+    prompt, raw = node.execute("take the paper out of her hand", "edit", "template", "none", 0, wan_models=wan,
+                               max_tokens=40).args
     assert len(tok(prompt).input_ids) <= 40 and template_prompt("take the paper out of her hand").startswith(
         prompt[:-1])
     with pytest.raises(Exception, match="No local VLM selected") as e:  # the pack's own copy of ModelFileError
-        node.rewrite("make the car blue", "edit", "local", "none", 0)
+        node.execute("make the car blue", "edit", "local", "none", 0)
     assert type(e.value).__name__ == "ModelFileError" and "Qwen/Qwen3-VL-8B-Instruct" in str(e.value)
 
 
 def test_rewriter_node_talks_to_a_chat_server(pack, monkeypatch, caplog, capsys):
     monkeypatch.setenv(KEY_ENV, KEY)
     caplog.set_level(logging.DEBUG)
-    node = pack.NODE_CLASS_MAPPINGS["VPE_PromptRewriter"]()
+    node = pack.nodes.NODES_BY_ID["VPE_PromptRewriter"]
     settings = {"api_model": "qwen2.5vl:7b", "api_key_env": KEY_ENV, "timeout": 5, "retries": 0}
     script = (_sse("A perfectly still video with enhanced clarity. A blue car."), _sse("<think>Hmm, the car"))
     with _ChatServer(*script) as server:
-        out = node.rewrite("make the car blue", "still", "openai", "none", 9, image=_image(), api_base_url=server.url,
+        out = node.execute("make the car blue", "still", "openai", "none", 9, image=_image(), api_base_url=server.url,
                            **settings)
-        fallback = node.rewrite("make the car blue", "edit", "openai", "none", 9, image=_image(),
+        fallback = node.execute("make the car blue", "edit", "openai", "none", 9, image=_image(),
                                 api_base_url=server.url, **settings)
     body = server.requests[0]["body"]
     assert body["model"] == "qwen2.5vl:7b" and body["messages"][0]["content"] == system_prompt("still", 220)
     assert server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"
-    assert out["result"][0] == "A perfectly still video with enhanced clarity. A blue car."
-    assert out["ui"]["text"] == [out["result"][0]]
-    assert fallback["result"] == (template_prompt("make the car blue"), "<think>Hmm, the car")
-    assert fallback["ui"]["text"][0].startswith("Warning: The VLM's answer was not a usable prompt")
-    for text in out["ui"]["text"] + fallback["ui"]["text"] + list(out["result"]) + list(fallback["result"]):
+    assert out.args[0] == "A perfectly still video with enhanced clarity. A blue car."
+    assert out.ui["text"] == [out.args[0]]
+    assert fallback.args == (template_prompt("make the car blue"), "<think>Hmm, the car")
+    assert fallback.ui["text"][0].startswith("Warning: The VLM's answer was not a usable prompt")
+    for text in out.ui["text"] + fallback.ui["text"] + list(out.args) + list(fallback.args):
         assert KEY not in text
     _no_key_anywhere(types.SimpleNamespace(prompt="", raw="", warnings=[], backend=""), caplog, capsys)

@@ -166,18 +166,18 @@ def test_still_latents_are_the_encoded_repeated_frame(wan22):
 
 
 def test_scpr_nodes(pack, wan22):
-    nodes = pack.NODE_CLASS_MAPPINGS
+    nodes = pack.nodes.NODES_BY_ID
     frames = _blurred_series(_pictures()[5])[[2, 0, 4]]
-    frame, index, scores, plot = nodes["VPE_SharpestFrame"]().pick(frames, "variance")
+    frame, index, scores, plot = nodes["VPE_SharpestFrame"].execute(frames, "variance")
     assert index == 1 and torch.equal(frame[0], frames[1])
     data = json.loads(scores)
     assert data["best"] == 1 and len(data["scores"]) == 3 and plot.shape == (1, 192, 512, 3)
     latents = {"latents": torch.randn(1, 16, 3, 6, 8), "positions": [0, 3, 6], "size": (64, 48)}
-    (tail,) = nodes["VPE_DecodeLastFrames"]().decode(wan22, latents, 1, True)
+    (tail,) = nodes["VPE_DecodeLastFrames"].execute(wan22, latents, 1, True)
     assert tail.shape == (4, 48, 64, 3)
-    out = nodes["VPE_StillVideoRefiner"]().refine(wan22, frames[:1, :48, :64], "still", "sdedit", 9, 4, 0.5, 1.0,
+    out = nodes["VPE_StillVideoRefiner"].execute(wan22, frames[:1, :48, :64], "still", "sdedit", 9, 4, 0.5, 1.0,
                                                    5.0, "lightning", 0, "variance")
-    refined, clip, clip_scores, idx, info = out["result"]
+    refined, clip, clip_scores, idx, info = out.args
     assert clip.shape == (9, 48, 64, 3) and torch.equal(refined[0], clip[idx]) and "sharpest" in info
     assert json.loads(clip_scores)["best"] == idx
 

@@ -71,17 +71,17 @@ def test_teacher_needs_a_first_last_frame_model(i2v):
 
 
 def test_video4edit_nodes(pack, i2v, flf2v):
-    nodes = pack.NODE_CLASS_MAPPINGS
-    editor = nodes["VPE_TailFrameEditor"]()
-    spec = editor.INPUT_TYPES()["required"]
+    nodes = pack.nodes.NODES_BY_ID
+    editor = nodes["VPE_TailFrameEditor"]
+    spec = editor.GET_NODE_INFO_V1()["input"]["required"]
     assert (spec["frames"][1]["default"], spec["steps"][1]["default"], spec["cfg"][1]["default"],
             spec["shift"][1]["default"]) == (5, 50, 5.0, 5.0)  # ChronoEdit's published defaults
     odd = torch.rand(1, 50, 70, 3, generator=torch.Generator().manual_seed(0))
-    edited, clip, info = editor.edit(i2v, odd, "turn it blue", "", 5, 2, 1.0, 2.0, "unipc", 0, False,
-                                     size_mode="pad", max_side=0)["result"]
+    edited, clip, info = editor.execute(i2v, odd, "turn it blue", "", 5, 2, 1.0, 2.0, "unipc", 0, False,
+                                     size_mode="pad", max_side=0).args
     assert edited.shape == (1, 50, 70, 3) and clip.shape == (4, 50, 70, 3) and "padded to 80x64" in info
-    frames, _ = nodes["VPE_FLF2VTeacher"]().roll_out(flf2v, image_from_uint8(SOURCE), odd, "morph", "", 9, 2, 1.0,
-                                                     16.0, "unipc", 0)["result"]
+    frames, _ = nodes["VPE_FLF2VTeacher"].execute(flf2v, image_from_uint8(SOURCE), odd, "morph", "", 9, 2, 1.0,
+                                                     16.0, "unipc", 0).args
     assert frames.shape == (9, 48, 64, 3)
 
 

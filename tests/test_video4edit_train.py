@@ -246,11 +246,11 @@ def test_lora_student_reloads_and_runs_in_the_editor_node(zoo, pack, i2v, lora_r
     down, up = (tensors[f"transformer.blocks.1.ffn.net.2.lora_{x}.weight"] for x in "AB")
     assert torch.allclose(student.transformer.blocks[1].ffn.net[2].weight - base, up @ down, atol=1e-6)
 
-    editor = pack.NODE_CLASS_MAPPINGS["VPE_TailFrameEditor"]()
+    editor = pack.nodes.NODES_BY_ID["VPE_TailFrameEditor"]
     image = image_from_uint8(synthetic_source(64, 48))
     args = (image, "make the disc blue", "", 5, 2, 1.0, 5.0, "unipc", 0, False)
-    edited, clip, _ = editor.edit(student, *args, max_side=0)["result"]
-    before, _, _ = editor.edit(i2v, *args, max_side=0)["result"]
+    edited, clip, _ = editor.execute(student, *args, max_side=0).args
+    before, _, _ = editor.execute(i2v, *args, max_side=0).args
     assert edited.shape == (1, 48, 64, 3) and clip.shape == (4, 48, 64, 3) and torch.isfinite(edited).all()
     assert not torch.equal(edited, before)  # the LoRA changed the student
 
@@ -270,9 +270,9 @@ def test_full_student_reloads_and_runs_in_the_editor_node(zoo, pack, flf2v, data
     trained = student.transformer.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in reloaded.transformer.state_dict().items())
     image = image_from_uint8(synthetic_source(64, 48))
-    node = pack.NODE_CLASS_MAPPINGS["VPE_TailFrameEditor"]()
-    edited = node.edit(reloaded, image, "make the disc blue", "", 5, 2, 1.0, 5.0, "unipc", 0, False,
-                       max_side=0)["result"][0]
+    node = pack.nodes.NODES_BY_ID["VPE_TailFrameEditor"]
+    edited = node.execute(reloaded, image, "make the disc blue", "", 5, 2, 1.0, 5.0, "unipc", 0, False,
+                       max_side=0).args[0]
     direct = edit_tail_frame(student, image, "make the disc blue", "", 5, 2, 1.0, 5.0, "unipc", 0, max_side=0)
     # equal weights; CPU matmuls round by memory alignment (a copy of the same weights differs by ~3e-6 here)
     assert (edited - direct.edited).abs().max() < 1e-5

@@ -61,7 +61,7 @@ def test_every_shipped_workflow_is_valid(path, schemas):
         inputs = schemas.get(node["type"], {}).get("input", {})
         spec = {**inputs.get("required", {}), **inputs.get("optional", {})}
         for setting in ("placement", "weight_storage"):
-            options = spec.get(setting, [[]])[0]
+            options = spec[setting][1]["options"] if setting in spec else []  # a V3 combo: ["COMBO", {options}]
             assert all(o in note for o in options if o != "default"), (node["type"], setting)
     assert (path.parent / f"{path.stem}.jpg").is_file()
     assert json.loads((WORKFLOWS / "api" / path.name).read_text()) == ui_to_api(ui, schemas)
@@ -82,9 +82,11 @@ def test_converter_and_checks_on_a_small_graph(schemas):
     g.link(image, "IMAGE", save, "images")
     g.note("hello", (0, 400))
     ui = g.to_ui()
-    assert ui_to_api(ui, schemas) == {"1": {"class_type": "LoadImage", "inputs": {"image": "cat.png"}},
+    assert ui_to_api(ui, schemas) == {"1": {"class_type": "LoadImage", "inputs": {"image": "cat.png"},
+                                            "_meta": {"title": "LoadImage"}},
                                       "2": {"class_type": "SaveImage",
-                                            "inputs": {"filename_prefix": "x", "images": ["1", 0]}}}
+                                            "inputs": {"filename_prefix": "x", "images": ["1", 0]},
+                                            "_meta": {"title": "SaveImage"}}}
     assert check_workflow(ui, schemas, set()) == []
     editor = g.node("VPE_IFEditImageToVideo", (0, 800), frames=3, scheduler="ddim")
     g.link(image, "MASK", editor, "image")
@@ -113,7 +115,8 @@ def test_checks_on_a_video_graph(schemas):
     ui = g.to_ui()
     assert check_workflow(ui, schemas, {"wan2.1_t2v_1.3B_fp16.safetensors"}) == []
     api = ui_to_api(ui, schemas)
-    assert api["1"] == {"class_type": "LoadVideo", "inputs": {"file": "clip.mp4"}}  # not the upload button
+    assert api["1"] == {"class_type": "LoadVideo", "inputs": {"file": "clip.mp4"},  # not the upload button
+                        "_meta": {"title": "LoadVideo"}}
     assert api["3"]["inputs"]["video"] == ["1", 0] and "frames" not in api["3"]["inputs"]
     assert api["4"]["inputs"]["fps"] == ["3", 1]  # the link replaces the widget's stored 24.0
     assert api["5"]["inputs"] == {"filename_prefix": "x", "format": "auto", "format.codec": "auto", "codec": "auto",

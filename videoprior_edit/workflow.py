@@ -2,7 +2,8 @@
 `POST /prompt` takes), and checks that a workflow fits the nodes it uses.
 
 Node schemas are given in `/object_info` form (`{"input": {"required": {...}, "optional": {...}}, "output": [...]}`):
-the pack's come from its node classes (`schemas_of`), ComfyUI core nodes from a snapshot (workflows/schemas/core_nodes.json).
+the pack's come from its V3 node classes (`GET_NODE_INFO_V1`, in workflows/build.py), ComfyUI core nodes from a
+snapshot (workflows/schemas/core_nodes.json).
 How the frontend stores widgets: `widgets_values` lists the node's widget inputs in schema order (required, then
 optional); a seed-like INT is followed by its "control after generate" value, an upload widget (LoadImage,
 LoadVideo) by its button's value; an input with `forceInput`, or of a non-widget type, is a link slot only.
@@ -16,16 +17,6 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 UI_ONLY = ("Note", "MarkdownNote", "Reroute", "PrimitiveNode")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # a V3 combo whose choice brings its own inputs (SaveVideo's format, codec)
-
-
-def schemas_of(node_classes: dict) -> dict:
-    """`/object_info`-style schemas of V1 node classes (e.g. a pack's NODE_CLASS_MAPPINGS)."""
-    out = {}
-    for name, cls in node_classes.items():
-        inputs = {section: {k: list(v) for k, v in specs.items()} for section, specs in cls.INPUT_TYPES().items()}
-        out[name] = {"input": inputs, "output": list(cls.RETURN_TYPES),
-                     "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))}
-    return out
 
 
 def _options(spec: list) -> dict:
@@ -75,7 +66,8 @@ def _input_spec(schema: dict, name: str) -> list | None:
 
 
 def ui_to_api(ui: dict, schemas: dict) -> dict:
-    """The API-format prompt of a UI-format workflow (UI-only nodes such as notes left out; muted nodes too)."""
+    """The API-format prompt of a UI-format workflow (UI-only nodes such as notes left out; muted nodes too), each
+    node with its `_meta` title as the frontend's Save (API) writes it (ComfyUI's NodeReplace needs `_meta`)."""
     links = {link[0]: link for link in ui.get("links", [])}
     prompt = {}
     for node in ui["nodes"]:
@@ -95,7 +87,7 @@ def ui_to_api(ui: dict, schemas: dict) -> dict:
             if slot.get("link") is not None:
                 link = links[slot["link"]]
                 inputs[slot["name"]] = [str(link[1]), link[2]]
-        prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs}
+        prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node.get("title", kind)}}
     return prompt
 
 

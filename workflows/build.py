@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,21 +19,28 @@ from videoprior_edit.workflow import (
     Graph,
     blueprint,
     is_widget,
-    schemas_of,
     ui_to_api,
     widget_slots,
 )
 
 
 def pack_nodes() -> dict:
-    """The pack's NODE_CLASS_MAPPINGS, imported the way ComfyUI imports a custom-node folder."""
+    """The pack's V3 nodes by id, imported the way ComfyUI imports a custom-node folder. ComfyUI's node API
+    (`comfy_api`) comes from ComfyUI's venv, else from the ComfyUI folder in $COMFYUI_PATH or ../shared/comfyui/src."""
+    if importlib.util.find_spec("comfy_api") is None:
+        sys.path.append(os.environ.get("COMFYUI_PATH", str(REPO.parent / "shared" / "comfyui" / "src")))
     name = "comfyui-videoprior-edit"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules[name].NODE_CLASS_MAPPINGS
+    return sys.modules[name].nodes.NODES_BY_ID
+
+
+def node_info(cls) -> dict:
+    """A node's /object_info entry, as ComfyUI's server writes it (JSON types)."""
+    return json.loads(json.dumps(cls.GET_NODE_INFO_V1()))
 
 
 # Inputs whose options are the files of one ComfyUI installation: kept empty in the snapshot (the workflow checks take
@@ -71,7 +79,7 @@ def refresh_snapshot(url: str) -> Path:
 
 def schemas() -> dict:
     core = {k: v for k, v in json.loads((HERE / "schemas" / "core_nodes.json").read_text()).items() if not k.startswith("_")}
-    return {**core, **schemas_of(pack_nodes())}
+    return {**core, **{node_id: node_info(cls) for node_id, cls in pack_nodes().items()}}
 
 
 class Column:
@@ -374,7 +382,7 @@ def imvideoedit(g: Graph) -> None:
     vae = loaders.add("VAELoader", "Wan VAE", vae_name="wan_2.1_vae.safetensors")
     encode = loaders.add("VAEEncode", "Source latents")
     shift = models.add("ModelSamplingSD3", "Shift 3 (480p)", shift=3.0)
-    adapter = models.add("VPE_ImVideoEditAdapterNative", "ImVideoEdit adapter", adapter="imvideoedit_adapter.safetensors")
+    adapter = models.add("VPE_ImVideoEditAdapter", "ImVideoEdit adapter", adapter="imvideoedit_adapter.safetensors")
     positive = prompts.add("CLIPTextEncode", "The edited video", height=150,
                            text="a red sports car drives along a snowy mountain road")
     negative = prompts.add("CLIPTextEncode", "Negative prompt", text=WAN_NEGATIVE)
@@ -750,35 +758,33 @@ def thumbnail(ui: dict, path: Path, title: str) -> None:
     picture.save(path, quality=85)
 
 
-def help_page(node_id: str, cls, title: str) -> str:
-    """A node's help page (ComfyUI's node library shows web/docs/<node id>.md): what it does, its inputs and
-    outputs with their tooltips."""
-    spec = cls.INPUT_TYPES()
-    lines = [f"# {title}", "", cls.DESCRIPTION, "", f"Category: `{cls.CATEGORY}` · node id: `{node_id}`", "",
+def help_page(node_id: str, info: dict) -> str:
+    """A node's help page (ComfyUI's node library shows web/docs/<node id>.md) from its /object_info entry: what it
+    does, its inputs and outputs with their tooltips."""
+    lines = [f"# {info['display_name']}", "", info["description"], "",
+             f"Category: `{info['category']}` · node id: `{node_id}`", "",
              "## Inputs", "", "| input | type | default | what it does |", "| --- | --- | --- | --- |"]
     for section in ("required", "optional"):
-        for name, (kind, *rest) in spec.get(section, {}).items():
+        for name, (kind, *rest) in info["input"].get(section, {}).items():
             options = rest[0] if rest else {}
-            shown = "choice" if isinstance(kind, list) else kind
+            shown = "choice" if isinstance(kind, list) or kind == "COMBO" else kind
             default = options.get("default", "")  # file lists depend on the installation: no default shown
             tip = (options.get("tooltip", "") + ("" if section == "required" else " (optional)")).replace("|", "\\|")
             lines.append(f"| `{name}` | {shown} | {'' if default == '' else f'`{default}`'} | {tip.strip()} |")
     lines += ["", "## Outputs", "", "| output | type | what it is |", "| --- | --- | --- |"]
-    tips = getattr(cls, "OUTPUT_TOOLTIPS", ()) or ("",) * len(cls.RETURN_TYPES)
-    for name, kind, tip in zip(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES), cls.RETURN_TYPES, tips):
-        lines.append(f"| `{name}` | {kind} | {tip.replace('|', '/')} |")
+    for name, kind, tip in zip(info["output_name"], info["output"], info["output_tooltips"]):
+        lines.append(f"| `{name}` | {kind} | {(tip or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
 def write_help_pages(out: Path) -> list[Path]:
     """web/docs/<node id>.md for every node of the pack."""
-    pack = sys.modules["comfyui-videoprior-edit"]
     folder = out / "web" / "docs"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for node_id, cls in sorted(pack_nodes().items()):
         path = folder / f"{node_id}.md"
-        path.write_text(help_page(node_id, cls, pack.NODE_DISPLAY_NAME_MAPPINGS.get(node_id, node_id)))
+        path.write_text(help_page(node_id, node_info(cls)))
         written.append(path)
     return written
 

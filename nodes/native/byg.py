@@ -11,6 +11,7 @@ own positions, which is not ByG's "same positions" either.
 from __future__ import annotations
 
 import torch
+from comfy_api.latest import io
 
 from ...videoprior_edit.byg.video import (
     POSITION_MODES,
@@ -71,34 +72,41 @@ def patch_source_tokens(model, source_latent: dict, positions: str = "same", sou
     return patched, {"samples": torch.zeros_like(samples)}
 
 
-class ByGSourceTokens:
+class ByGSourceTokens(io.ComfyNode):
     """Puts the source clip's tokens beside the noisy ones on a Wan T2V model (ByG video editing)."""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "A Wan text-to-video model with its ByG editing LoRA (Wan2.2-T2V-A14B: one "
-                                           "node per expert; Wan2.1-T2V)."}),
-            "source": ("LATENT", {"tooltip": "The source clip, VAE Encoded with the Wan VAE (4k+1 frames)."}),
-            "positions": (list(POSITION_MODES), {"default": "same", "tooltip": (
-                "Temporal positions of the source frames: same (ByG: the noisy frames' positions) or offset (after "
-                "the clip, as Kontext offsets its image).")}),
-            "source_timestep": (list(SOURCE_TIMESTEPS), {"default": "same", "tooltip": (
-                "same: every token at the step's timestep; zero: the clean source tokens at t=0. Use what the LoRA "
-                "was trained with.")}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VPE_ByGSourceTokens",
+            display_name="ByG Source Tokens (video)",
+            category="VideoPriorEdit/ByG",
+            description=(
+                "ByG video editing on your own Wan text-to-video model: the source clip's clean latents are "
+                "concatenated after the noisy ones (same temporal positions by default), the prediction is sliced "
+                "back. With a ByG LoRA the model edits the clip as the prompt says."),
+            inputs=[
+                io.Model.Input("model", tooltip=(
+                    "A Wan text-to-video model with its ByG editing LoRA (Wan2.2-T2V-A14B: one node per expert; "
+                    "Wan2.1-T2V).")),
+                io.Latent.Input("source", tooltip="The source clip, VAE Encoded with the Wan VAE (4k+1 frames)."),
+                io.Combo.Input("positions", options=list(POSITION_MODES), default="same", tooltip=(
+                    "Temporal positions of the source frames: same (ByG: the noisy frames' positions) or offset "
+                    "(after the clip, as Kontext offsets its image).")),
+                io.Combo.Input("source_timestep", options=list(SOURCE_TIMESTEPS), default="same", tooltip=(
+                    "same: every token at the step's timestep; zero: the clean source tokens at t=0. Use what the "
+                    "LoRA was trained with.")),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip=(
+                    "The model that sees the source tokens; sample with it as usual (KSampler / KSamplerAdvanced).")),
+                io.Latent.Output(display_name="latent", tooltip=(
+                    "An empty latent of the source's size and frames: the latent to sample.")),
+            ],
+        )
 
-    RETURN_TYPES = ("MODEL", "LATENT")
-    RETURN_NAMES = ("model", "latent")
-    OUTPUT_TOOLTIPS = ("The model that sees the source tokens; sample with it as usual (KSampler / KSamplerAdvanced).",
-                       "An empty latent of the source's size and frames: the latent to sample.")
-    FUNCTION = "patch"
-    CATEGORY = "VideoPriorEdit/ByG"
-    DESCRIPTION = ("ByG video editing on your own Wan text-to-video model: the source clip's clean latents are "
-                   "concatenated after the noisy ones (same temporal positions by default), the prediction is "
-                   "sliced back. With a ByG LoRA the model edits the clip as the prompt says.")
-
-    def patch(self, model, source, positions, source_timestep):
+    @classmethod
+    def execute(cls, model, source, positions, source_timestep):
         patched, latent = patch_source_tokens(model, source, positions, source_timestep)
         frames = source["samples"].shape[2]
         info = (f"source: {frames} latent frames at temporal positions "
@@ -106,5 +114,4 @@ class ByGSourceTokens:
         return host.node_output(info, (patched, latent))
 
 
-NODE_CLASS_MAPPINGS = {"VPE_ByGSourceTokens": ByGSourceTokens}
-NODE_DISPLAY_NAME_MAPPINGS = {"VPE_ByGSourceTokens": "ByG Source Tokens (video)"}
+NODES = [ByGSourceTokens]

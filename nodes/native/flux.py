@@ -14,6 +14,7 @@ tokens' ids to `source_ids(noisy ids, "byg")` before the model turns the ids int
 from __future__ import annotations
 
 import torch
+from comfy_api.latest import io
 
 from ...videoprior_edit.byg.image import POSITION_MODES, source_ids
 from ...videoprior_edit.errors import InputError
@@ -88,31 +89,38 @@ def patch_source_tokens(model, source_latent: dict, positions: str = "byg"):
     return patched, {"samples": torch.zeros_like(samples)}
 
 
-class ByGImageSourceTokens:
+class ByGImageSourceTokens(io.ComfyNode):
     """Puts the source image's tokens beside the noisy ones on a FLUX.1-dev model (ByG image editing)."""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "FLUX.1-dev (Load Diffusion Model) after its ByG editing LoRA."}),
-            "source": ("LATENT", {"tooltip": "The source picture, VAE Encoded with the FLUX VAE (ae.safetensors); "
-                                             "sides in multiples of 16 (Fit Image for Wan does that)."}),
-            "positions": (list(POSITION_MODES), {"default": "byg", "tooltip": (
-                "Position ids of the source tokens: byg (the noisy tokens' own ids, the paper) or kontext "
-                "(FLUX.1-Kontext's: first id channel 1). Use what the LoRA was trained with.")}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VPE_ByGImageSourceTokens",
+            display_name="ByG Source Tokens (image, FLUX)",
+            category="VideoPriorEdit/ByG",
+            description=(
+                "ByG image editing on your own FLUX.1-dev model: the source picture's clean latent tokens are "
+                "concatenated after the noisy ones (same position ids by default, or Kontext's), the prediction is "
+                "sliced back. With a ByG LoRA the model edits the picture as the prompt says."),
+            inputs=[
+                io.Model.Input("model", tooltip="FLUX.1-dev (Load Diffusion Model) after its ByG editing LoRA."),
+                io.Latent.Input("source", tooltip=(
+                    "The source picture, VAE Encoded with the FLUX VAE (ae.safetensors); sides in multiples of 16 "
+                    "(Fit Image for Wan does that).")),
+                io.Combo.Input("positions", options=list(POSITION_MODES), default="byg", tooltip=(
+                    "Position ids of the source tokens: byg (the noisy tokens' own ids, the paper) or kontext "
+                    "(FLUX.1-Kontext's: first id channel 1). Use what the LoRA was trained with.")),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip=(
+                    "The model that sees the source tokens; sample with it as usual (KSampler).")),
+                io.Latent.Output(display_name="latent", tooltip=(
+                    "An empty latent of the source's size: the latent to sample.")),
+            ],
+        )
 
-    RETURN_TYPES = ("MODEL", "LATENT")
-    RETURN_NAMES = ("model", "latent")
-    OUTPUT_TOOLTIPS = ("The model that sees the source tokens; sample with it as usual (KSampler).",
-                       "An empty latent of the source's size: the latent to sample.")
-    FUNCTION = "patch"
-    CATEGORY = "VideoPriorEdit/ByG"
-    DESCRIPTION = ("ByG image editing on your own FLUX.1-dev model: the source picture's clean latent tokens are "
-                   "concatenated after the noisy ones (same position ids by default, or Kontext's), the prediction "
-                   "is sliced back. With a ByG LoRA the model edits the picture as the prompt says.")
-
-    def patch(self, model, source, positions):
+    @classmethod
+    def execute(cls, model, source, positions):
         patched, latent = patch_source_tokens(model, source, positions)
         _, _, h, w = source["samples"].shape
         tokens = ((h + 1) // 2) * ((w + 1) // 2)
@@ -120,5 +128,4 @@ class ByGImageSourceTokens:
         return host.node_output(f"source: {tokens} tokens after the {tokens} noisy ones, {ids}", (patched, latent))
 
 
-NODE_CLASS_MAPPINGS = {"VPE_ByGImageSourceTokens": ByGImageSourceTokens}
-NODE_DISPLAY_NAME_MAPPINGS = {"VPE_ByGImageSourceTokens": "ByG Source Tokens (image, FLUX)"}
+NODES = [ByGImageSourceTokens]

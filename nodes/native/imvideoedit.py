@@ -15,6 +15,7 @@ RoPE. On the MODEL clone:
 from __future__ import annotations
 
 import torch
+from comfy_api.latest import io
 from torch import nn
 
 from ...videoprior_edit.errors import InputError
@@ -164,34 +165,41 @@ def patch_adapter(model, path, source_latent: dict):
     return patched, {"samples": torch.zeros_like(samples)}, adapter.config
 
 
-class ImVideoEditAdapterNative:
+class ImVideoEditAdapterNode(io.ComfyNode):
     """Adds a trained ImVideoEdit adapter and the source video to a Wan2.1-T2V MODEL."""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "Wan2.1-T2V (1.3B or 14B, the adapter's base) from a ComfyUI loader."}),
-            "adapter": (host.model_choices("loras"), {"tooltip": (
-                "An ImVideoEdit adapter file from models/loras (written by `videoprior-edit train-imvideoedit`).")}),
-            "source": ("LATENT", {"tooltip": "The source video, VAE Encoded with the Wan VAE."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VPE_ImVideoEditAdapter",  # was VPE_ImVideoEditAdapterNative (see nodes/replacements.py)
+            display_name="ImVideoEdit Adapter",
+            category="VideoPriorEdit/ImVideoEdit",
+            description=(
+                "ImVideoEdit on your own Wan2.1-T2V: the adapter's spatial-difference attention blocks and text "
+                "gate run after each adapted block's self-attention, with the source video's clean latents in the "
+                "batch; the frozen model keeps the motion."),
+            inputs=[
+                io.Model.Input("model", tooltip=(
+                    "Wan2.1-T2V (1.3B or 14B, the adapter's base) from a ComfyUI loader.")),
+                io.Combo.Input("adapter", options=host.model_choices("loras"), tooltip=(
+                    "An ImVideoEdit adapter file from models/loras (written by `videoprior-edit "
+                    "train-imvideoedit`).")),
+                io.Latent.Input("source", tooltip="The source video, VAE Encoded with the Wan VAE."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip=(
+                    "The model with the adapter: it edits the source as the prompt describes; sample it as usual.")),
+                io.Latent.Output(display_name="latent", tooltip=(
+                    "An empty latent of the source's size and frames: the latent to sample.")),
+            ],
+        )
 
-    RETURN_TYPES = ("MODEL", "LATENT")
-    RETURN_NAMES = ("model", "latent")
-    OUTPUT_TOOLTIPS = ("The model with the adapter: it edits the source as the prompt describes; sample it as usual.",
-                       "An empty latent of the source's size and frames: the latent to sample.")
-    FUNCTION = "patch"
-    CATEGORY = "VideoPriorEdit/ImVideoEdit"
-    DESCRIPTION = ("ImVideoEdit on your own Wan2.1-T2V: the adapter's spatial-difference attention blocks and text "
-                   "gate run after each adapted block's self-attention, with the source video's clean latents in "
-                   "the batch; the frozen model keeps the motion.")
-
-    def patch(self, model, adapter, source):
+    @classmethod
+    def execute(cls, model, adapter, source):
         patched, latent, config = patch_adapter(model, host.folders().path("loras", adapter), source)
         info = (f"ImVideoEdit adapter for {config.describe()} on {len(config.blocks)} blocks; source timestep "
                 f"{config.source_timestep}, {config.source_latents} source latents, joint RoPE {config.joint_rope}")
         return host.node_output(info, (patched, latent))
 
 
-NODE_CLASS_MAPPINGS = {"VPE_ImVideoEditAdapterNative": ImVideoEditAdapterNative}
-NODE_DISPLAY_NAME_MAPPINGS = {"VPE_ImVideoEditAdapterNative": "ImVideoEdit Adapter (native)"}
+NODES = [ImVideoEditAdapterNode]

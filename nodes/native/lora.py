@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 
+from comfy_api.latest import io
+
 from ...videoprior_edit.lora import read_lora
 from ...videoprior_edit.lora.original import (
     core_reads,
@@ -99,34 +101,39 @@ def _object_patches(model, held: dict, strength: float) -> list[str]:
     return done
 
 
-class LoraLoaderModelOnly:
+class LoraLoaderModelOnly(io.ComfyNode):
     """Adds a LoRA in any common format to a MODEL as ComfyUI weight patches."""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "A Wan or FLUX.1 model from a ComfyUI loader (Load Diffusion Model, a GGUF "
-                                           "loader, ...) or another LoRA node. For Wan2.2-A14B use one node per "
-                                           "expert."}),
-            "lora_name": (host.model_choices("loras"), {"tooltip": (
-                "LoRA from models/loras: lightx2v / Kijai (incl. diff, diff_b, diff_m), musubi-tuner / kohya "
-                "(full or partial), diffusers / PEFT (alpha from the metadata, `.default` adapter names), "
-                "ai-toolkit, OneTrainer or LyCORIS names.")}),
-            "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01, "tooltip": (
-                "How strongly the LoRA applies (1 = as trained; negative values push the other way).")}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="VPE_LoraLoaderModelOnly",
+            display_name="Load LoRA, any format (VideoPrior Edit)",
+            category="VideoPriorEdit/LoRA",
+            description=(
+                "Loads a Wan or FLUX.1 LoRA in any common key format, including those ComfyUI's own LoRA loader "
+                "drops (diffusers/PEFT names, lightx2v diff_m, adapter-named keys), as ComfyUI weight patches. One "
+                "summary line says how many modules matched; a LoRA made for another model is refused with the "
+                "model it seems made for."),
+            inputs=[
+                io.Model.Input("model", tooltip=(
+                    "A Wan or FLUX.1 model from a ComfyUI loader (Load Diffusion Model, a GGUF loader, ...) or "
+                    "another LoRA node. For Wan2.2-A14B use one node per expert.")),
+                io.Combo.Input("lora_name", options=host.model_choices("loras"), tooltip=(
+                    "LoRA from models/loras: lightx2v / Kijai (incl. diff, diff_b, diff_m), musubi-tuner / kohya "
+                    "(full or partial), diffusers / PEFT (alpha from the metadata, `.default` adapter names), "
+                    "ai-toolkit, OneTrainer or LyCORIS names.")),
+                io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01, tooltip=(
+                    "How strongly the LoRA applies (1 = as trained; negative values push the other way).")),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip=(
+                    "The model with the LoRA as weight patches (ComfyUI merges them when it loads the model).")),
+            ],
+        )
 
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The model with the LoRA as weight patches (ComfyUI merges them when it loads the model).",)
-    FUNCTION = "load"
-    CATEGORY = "VideoPriorEdit/LoRA"
-    DESCRIPTION = ("Loads a Wan or FLUX.1 LoRA in any common key format, including those ComfyUI's own LoRA loader "
-                   "drops (diffusers/PEFT names, lightx2v diff_m, adapter-named keys), as ComfyUI weight patches. One "
-                   "summary line says how many modules matched; a LoRA made for another model is refused with the "
-                   "model it seems made for.")
-
-    def load(self, model, lora_name, strength_model):
+    @classmethod
+    def execute(cls, model, lora_name, strength_model):
         if strength_model == 0:
             return host.node_output("strength 0: the model passes through unchanged", (model,))
         patched, line = patch_lora(model, host.folders().path("loras", lora_name), strength_model)
@@ -134,5 +141,4 @@ class LoraLoaderModelOnly:
         return host.node_output(line, (patched,))
 
 
-NODE_CLASS_MAPPINGS = {"VPE_LoraLoaderModelOnly": LoraLoaderModelOnly}
-NODE_DISPLAY_NAME_MAPPINGS = {"VPE_LoraLoaderModelOnly": "Load LoRA, any format (VideoPrior Edit)"}
+NODES = [LoraLoaderModelOnly]

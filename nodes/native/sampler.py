@@ -4,6 +4,8 @@ the one the three-node graph (KSamplerAdvanced, Temporal Latent Dropout, KSample
 
 from __future__ import annotations
 
+from comfy_api.latest import io
+
 from ...videoprior_edit.errors import InputError
 from ...videoprior_edit.sampling.frames import ROPE_MODES, tld_plan
 from .. import host
@@ -23,57 +25,64 @@ def switch_step(model, scheduler: str, steps: int, boundary: float) -> int:
     return steps
 
 
-class IFEditSampler:
+class IFEditSampler(io.ComfyNode):
     """High-noise pass, Temporal Latent Dropout, low-noise pass: IF-Edit's sampling in one box."""
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls):
         samplers, schedulers = host.sampler_choices()
-        return {"required": {
-            "model_high_noise": ("MODEL", {"tooltip": "Wan2.2-I2V-A14B high-noise expert (after its Lightning LoRA "
-                                                      "and ModelSamplingSD3 shift 5)."}),
-            "model_low_noise": ("MODEL", {"tooltip": "Wan2.2-I2V-A14B low-noise expert (after its LoRA and shift)."}),
-            "positive": ("CONDITIONING", {"tooltip": "Positive conditioning from WanImageToVideo (the evolution "
-                                                     "prompt and the source image)."}),
-            "negative": ("CONDITIONING", {"tooltip": "Negative conditioning from WanImageToVideo."}),
-            "latent": ("LATENT", {"tooltip": "The empty video latent from WanImageToVideo (33 frames in the paper)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Noise seed."}),
-            "steps": ("INT", {"default": 8, "min": 1, "max": 200, "tooltip": (
-                "Denoising steps: 8 with the Lightning LoRAs (the paper), about 40 without.")}),
-            "cfg_high_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": (
-                "Guidance of the high-noise pass. 1 = off (Lightning); 3.5 is Wan's default without Lightning.")}),
-            "cfg_low_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": (
-                "Guidance of the low-noise pass.")}),
-            "sampler_name": (samplers, {"default": "euler", "tooltip": (
-                "ComfyUI sampler: euler with the Lightning LoRAs (what they were distilled with).")}),
-            "scheduler": (schedulers, {"default": "simple", "tooltip": (
-                "ComfyUI scheduler: simple with 8 steps and shift 5 gives the Lightning schedule (t = 1000, 972, "
-                "938, 893, 833, 750, 625, 417).")}),
-            "boundary": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 1.0, "step": 0.005, "tooltip": (
-                "Switch to the low-noise expert (and drop frames) at the first step whose timestep is below "
-                "boundary x 1000: 0.9 for Wan2.2-I2V (step 3 of 8 on the Lightning schedule).")}),
-            "tld_k": ("INT", {"default": 3, "min": 1, "max": 40, "tooltip": (
-                "Temporal Latent Dropout: keep latent frame 0 and every K-th one for the low-noise pass (the "
-                "paper: 3). 1 = off.")}),
-            "tld_keep_last": ("BOOLEAN", {"default": False, "tooltip": (
-                "Also keep the last latent frame (one more latent of work; off = the paper).")}),
-            "tld_rope": (list(ROPE_MODES), {"default": "original", "tooltip": (
-                "Temporal positions of the kept frames: original (0, K, 2K, ...) or compact (0, 1, 2, ...).")}),
-        }}
+        return io.Schema(
+            node_id="VPE_IFEditSampler",
+            display_name="IF-Edit Sampler (two experts + TLD)",
+            category="VideoPriorEdit/IF-Edit",
+            description=(
+                "IF-Edit's image-to-video edit on your own Wan2.2-I2V-A14B models: the high-noise expert lays the "
+                "clip out, Temporal Latent Dropout keeps every K-th latent frame, the low-noise expert finishes "
+                "them. The same as two KSamplerAdvanced with the Temporal Latent Dropout node between them."),
+            inputs=[
+                io.Model.Input("model_high_noise", tooltip=(
+                    "Wan2.2-I2V-A14B high-noise expert (after its Lightning LoRA and ModelSamplingSD3 shift 5).")),
+                io.Model.Input("model_low_noise", tooltip=(
+                    "Wan2.2-I2V-A14B low-noise expert (after its LoRA and shift).")),
+                io.Conditioning.Input("positive", tooltip=(
+                    "Positive conditioning from WanImageToVideo (the evolution prompt and the source image).")),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning from WanImageToVideo."),
+                io.Latent.Input("latent", tooltip=(
+                    "The empty video latent from WanImageToVideo (33 frames in the paper).")),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=(
+                    "Noise seed.")),
+                io.Int.Input("steps", default=8, min=1, max=200, tooltip=(
+                    "Denoising steps: 8 with the Lightning LoRAs (the paper), about 40 without.")),
+                io.Float.Input("cfg_high_noise", default=1.0, min=0.0, max=20.0, step=0.1, tooltip=(
+                    "Guidance of the high-noise pass. 1 = off (Lightning); 3.5 is Wan's default without Lightning.")),
+                io.Float.Input("cfg_low_noise", default=1.0, min=0.0, max=20.0, step=0.1, tooltip=(
+                    "Guidance of the low-noise pass.")),
+                io.Combo.Input("sampler_name", options=samplers, default="euler", tooltip=(
+                    "ComfyUI sampler: euler with the Lightning LoRAs (what they were distilled with).")),
+                io.Combo.Input("scheduler", options=schedulers, default="simple", tooltip=(
+                    "ComfyUI scheduler: simple with 8 steps and shift 5 gives the Lightning schedule (t = 1000, "
+                    "972, 938, 893, 833, 750, 625, 417).")),
+                io.Float.Input("boundary", default=0.9, min=0.0, max=1.0, step=0.005, tooltip=(
+                    "Switch to the low-noise expert (and drop frames) at the first step whose timestep is below "
+                    "boundary x 1000: 0.9 for Wan2.2-I2V (step 3 of 8 on the Lightning schedule).")),
+                io.Int.Input("tld_k", default=3, min=1, max=40, tooltip=(
+                    "Temporal Latent Dropout: keep latent frame 0 and every K-th one for the low-noise pass (the "
+                    "paper: 3). 1 = off.")),
+                io.Boolean.Input("tld_keep_last", default=False, tooltip=(
+                    "Also keep the last latent frame (one more latent of work; off = the paper).")),
+                io.Combo.Input("tld_rope", options=list(ROPE_MODES), default="original", tooltip=(
+                    "Temporal positions of the kept frames: original (0, K, 2K, ...) or compact (0, 1, 2, ...).")),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="latent", tooltip=(
+                    "The edited clip's latent (fewer frames with TLD: 1 + 4(kept - 1)); VAE Decode it and take its "
+                    "last frame, or pick the sharpest of the last four.")),
+            ],
+        )
 
-    RETURN_TYPES = ("LATENT",)
-    RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = (("The edited clip's latent (fewer frames with TLD: 1 + 4(kept - 1)); VAE Decode it and take "
-                        "its last frame, or pick the sharpest of the last four."),)
-    FUNCTION = "sample"
-    CATEGORY = "VideoPriorEdit/IF-Edit"
-    DESCRIPTION = ("IF-Edit's image-to-video edit on your own Wan2.2-I2V-A14B models: the high-noise expert lays the "
-                   "clip out, Temporal Latent Dropout keeps every K-th latent frame, the low-noise expert finishes "
-                   "them. The same as two KSamplerAdvanced with the Temporal Latent Dropout node between them.")
-
-    def sample(self, model_high_noise, model_low_noise, positive, negative, latent, seed, steps, cfg_high_noise,
-               cfg_low_noise, sampler_name, scheduler, boundary, tld_k, tld_keep_last, tld_rope):
+    @classmethod
+    def execute(cls, model_high_noise, model_low_noise, positive, negative, latent, seed, steps, cfg_high_noise,
+                cfg_low_noise, sampler_name, scheduler, boundary, tld_k, tld_keep_last, tld_rope):
         import nodes as comfy_nodes
 
         frames = latent_frames(latent)
@@ -96,5 +105,4 @@ class IFEditSampler:
         return host.node_output("\n".join(lines), (done,))
 
 
-NODE_CLASS_MAPPINGS = {"VPE_IFEditSampler": IFEditSampler}
-NODE_DISPLAY_NAME_MAPPINGS = {"VPE_IFEditSampler": "IF-Edit Sampler (two experts + TLD)"}
+NODES = [IFEditSampler]
