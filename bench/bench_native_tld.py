@@ -53,7 +53,7 @@ def edit(models, tld, width: int, height: int, frames: int, k: int, keep_last: b
     (laid_out,) = nodes.common_ksampler(high, 7, 8, 1.0, "euler", "simple", pos, neg, latent, start_step=0,
                                         last_step=3, force_full_denoise=False)
     t1 = time.perf_counter()
-    result = tld.drop(low, pos, neg, laid_out, k, keep_last, "original")["result"]
+    result = tld.execute(low, pos, neg, laid_out, k, keep_last, "original").args
     nodes.common_ksampler(result[0], 7, 8, 1.0, "euler", "simple", result[1], result[2], result[3],
                           disable_noise=True, start_step=3, last_step=10000, force_full_denoise=True)
     t2 = time.perf_counter()
@@ -71,13 +71,12 @@ def main(argv=None) -> None:
     import torch
     from common import median
 
-    tld_node = comfy_pack().nodes.native.frames.TemporalLatentDropout
+    tld = comfy_pack().nodes.native.frames.TemporalLatentDropout  # a V3 node: execute is a classmethod
     models = load(args.size, Path(tempfile.mkdtemp(prefix="vpe_bench_native_tld_")))
     count = sum(p.numel() for p in models[0].model.diffusion_model.parameters())
     print(f"native ComfyUI experts ({args.size}): {count / 1e6:.1f}M parameters each, "
           f"{torch.get_num_threads()} threads, median of {args.repeat}")
     print(f"{'clip WxHxF':>12} {'TLD':>9} | {'total':>7} {'vs K=1':>7} | {'low stage':>9} {'vs K=1':>7}")
-    tld = tld_node()
     for w, h, frames in CLIPS:
         edit(models, tld, w, h, frames, 1, False)  # warm-up
         base = None

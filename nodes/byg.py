@@ -86,9 +86,8 @@ class ByGVideoEdit(io.ComfyNode):
                     "same: the source frames share the noisy frames' temporal positions (ByG); offset: they follow "
                     "them in time.")),
                 io.Combo.Input("source_timestep", options=list(SOURCE_TIMESTEPS), optional=True, default="same",
-                               tooltip=(
-                    "same: one timestep for all tokens; zero: the clean source tokens get t = 0 (the paper does not"
-                    " say which; use what the LoRA was trained with).")),
+                               tooltip=("same: one timestep for all tokens; zero: the clean source tokens get t = 0 "
+                                        "(the paper does not say which; use what the LoRA was trained with).")),
                 io.Combo.Input("size_mode", options=list(SIZE_MODES), optional=True, default="resize", tooltip=(
                     "Sizes must be multiples of 16: resize, crop (centre) or pad (cut off the results again).")),
                 io.Int.Input("max_side", optional=True, default=832, min=0, max=4096, step=16, tooltip=(

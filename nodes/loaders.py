@@ -35,8 +35,8 @@ class WanModelLoader(io.ComfyNode):
                     "(wan2.2_i2v_high_noise_14B_fp16 / _fp8_scaled); for Wan2.1 the single model; or a diffusers / "
                     "official repo folder (its other parts are then used when the inputs below are 'none').")),
                 io.Combo.Input("model_low_noise", options=host.model_choices("diffusion_models", optional=True),
-                               tooltip=(
-                    "Wan2.2-A14B only: the LOW-noise expert (wan2.2_i2v_low_noise_14B_*). 'none' for Wan2.1 models.")),
+                               tooltip=("Wan2.2-A14B only: the LOW-noise expert (wan2.2_i2v_low_noise_14B_*). 'none' "
+                                        "for Wan2.1 models.")),
                 io.Combo.Input("text_encoder", options=host.model_choices("text_encoders", optional=True), tooltip=(
                     "UMT5-XXL text encoder from models/text_encoders (umt5_xxl_fp16 or umt5_xxl_fp8_e4m3fn_scaled);"
                     " its tokenizer is read from the file.")),
