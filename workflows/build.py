@@ -223,7 +223,8 @@ its license on Hugging Face and set HF_TOKEN):
   t5xxl_fp8_e4m3fn.safetensors, 4.9 GB)
 - vae/ae.safetensors (0.3 GB)
 - loras/byg_flux_lora.safetensors: train it with `videoprior-edit train-byg --family flux`, or pick any
-  FLUX.1-dev editing LoRA (kohya / BFL / diffusers names: ComfyUI's own LoRA loader reads them).
+  FLUX.1-dev editing LoRA (kohya / BFL / diffusers / PEFT names: the pack's LoRA loader reads them all and
+  shows how many modules matched).
 Other files for the same loaders: weight_dtype fp8_e4m3fn on Load Diffusion Model (the same file stored
 in 11.9 GB); GGUF files through city96's "Unet Loader (GGUF)" (city96/FLUX.1-dev-gguf, about 7-13 GB
 from Q4 to Q8: estimates from 12B weights x bits per weight).
@@ -249,8 +250,8 @@ def byg_image(g: Graph) -> None:
                        clip_name2="t5xxl_fp16.safetensors", type="flux")
     vae = loaders.add("VAELoader", "FLUX VAE", vae_name="ae.safetensors")
     encode = loaders.add("VAEEncode", "Source latent")
-    lora = models.add("LoraLoaderModelOnly", "ByG editing LoRA", lora_name="byg_flux_lora.safetensors",
-                      strength_model=1.0)  # core's: the pack's any-format loader patches Wan models only
+    lora = models.add("VPE_LoraLoaderModelOnly", "ByG editing LoRA", lora_name="byg_flux_lora.safetensors",
+                      strength_model=1.0)
     shift = models.add("ModelSamplingFlux", "FLUX shift for the picture's size", max_shift=1.15, base_shift=0.5)
     tokens = models.add("VPE_ByGImageSourceTokens", "ByG source tokens", positions="byg")
     text = prompts.add("CLIPTextEncode", "Edit instruction", height=150, text="make it a snowy winter evening")
@@ -262,7 +263,7 @@ def byg_image(g: Graph) -> None:
     save = out.add("SaveImage", "Edited image", height=340, filename_prefix="videoprior/byg_image")
     for src, o, dst, name in ((image, "IMAGE", fit, "image"), (fit, "image", encode, "pixels"),
                               (vae, "VAE", encode, "vae"), (unet, "MODEL", lora, "model"),
-                              (lora, "MODEL", shift, "model"), (fit, "width", shift, "width"),
+                              (lora, "model", shift, "model"), (fit, "width", shift, "width"),
                               (fit, "height", shift, "height"), (shift, "MODEL", tokens, "model"),
                               (encode, "LATENT", tokens, "source"), (clip, "CLIP", text, "clip"),
                               (text, "CONDITIONING", guidance, "conditioning"),
