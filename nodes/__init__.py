@@ -22,7 +22,13 @@ from . import (
 
 NODES = [node for module in (native, loaders, lora, if_edit, rewrite, scpr, video4edit, imvideoedit, byg)
          for node in module.NODES]
-NODES_BY_ID = {node.GET_SCHEMA().node_id: node for node in NODES}
+
+
+def nodes_by_id() -> dict:
+    """{node id: node class}. Builds every schema (listing the model folders), so it is not done at import: ComfyUI
+    builds them itself when it loads the pack."""
+    return {node.GET_SCHEMA().node_id: node for node in NODES}
+
 
 for _node in NODES:  # warnings and LoRA summaries shown on the node, Cancel inside long stages (see host.reported)
     if not getattr(_node.execute, "vpe_reported", False):

@@ -293,7 +293,7 @@ def test_flux_sets_refuse_disk_parking(zoo):
 # ------------------------------------------------------------------------------------------------ nodes
 def test_byg_nodes_on_the_tiny_zoo(pack, zoo, t2v, monkeypatch):
     monkeypatch.setenv("VPE_MODELS_DIR", str(zoo.models))
-    nodes = pack.nodes.NODES_BY_ID
+    nodes = pack.nodes.nodes_by_id()
     assert nodes["VPE_ByGVideoEdit"].GET_SCHEMA().display_name == "ByG Video Edit"
     assert nodes["VPE_ByGImageEdit"].GET_SCHEMA().display_name == "ByG Image Edit"
     video = types.SimpleNamespace(get_components=lambda: types.SimpleNamespace(images=_clip(), frame_rate=24))

@@ -245,7 +245,7 @@ class _Video:
 
 
 def test_editor_nodes_on_9_and_33_frame_sources(pack, t2v, tmp_path, monkeypatch):
-    nodes = pack.nodes.NODES_BY_ID
+    nodes = pack.nodes.nodes_by_id()
     (tmp_path / "loras").mkdir()
     save_adapter(_trained_like(create_adapter(t2v.transformer)), tmp_path / "loras" / "ive.safetensors", "fp32")
     monkeypatch.setenv("VPE_MODELS_DIR", str(tmp_path))

@@ -790,7 +790,7 @@ def test_set_mixes_merged_and_unmerged_and_logs_one_line(zoo, tmp_path, caplog):
 def test_lora_node_merge_input(pack, zoo, monkeypatch):
     from test_nodes import _zoo_set
 
-    node = pack.nodes.NODES_BY_ID["VPE_WanLoraLoader"]
+    node = pack.nodes.nodes_by_id()["VPE_WanLoraLoader"]
     spec = node.GET_NODE_INFO_V1()["input"]
     assert list(spec["required"]) == ["wan_models", "lora", "strength", "expert"]
     assert spec["optional"]["merge"][0] == "BOOLEAN" and spec["optional"]["merge"][1]["default"] is True

@@ -19,8 +19,9 @@ def test_every_node_is_v3_prefixed_categorised_and_tooltipped(pack):
     extension = asyncio.run(pack.comfy_entrypoint())
     assert isinstance(extension, ComfyExtension)
     listed = asyncio.run(extension.get_node_list())
-    assert listed == pack.nodes.NODES and len(pack.nodes.NODES_BY_ID) == len(listed) == 25
-    for node_id, cls in pack.nodes.NODES_BY_ID.items():
+    by_id = pack.nodes.nodes_by_id()
+    assert listed == pack.nodes.NODES and len(by_id) == len(listed) == 25
+    for node_id, cls in by_id.items():
         assert issubclass(cls, io.ComfyNode) and "INPUT_TYPES" not in vars(cls)  # no V1 leftovers
         cls.VALIDATE_CLASS()
         schema = cls.GET_SCHEMA()  # validates the schema the way ComfyUI does
@@ -89,7 +90,7 @@ def test_host_fallbacks_without_comfyui(pack, zoo, monkeypatch):
 
 def test_wan_loader_node_loads_the_zoo(pack, zoo, monkeypatch):
     monkeypatch.setenv("VPE_MODELS_DIR", str(zoo.models))
-    node = pack.nodes.NODES_BY_ID["VPE_WanModelLoader"]
+    node = pack.nodes.nodes_by_id()["VPE_WanModelLoader"]
     choices = node.GET_NODE_INFO_V1()["input"]["required"]["model"][1]["options"]
     assert zoo.file("wan22_i2v_high").name in choices
     (models,) = node.execute(zoo.file("wan22_i2v_high").name, zoo.file("wan22_i2v_low").name,
@@ -112,7 +113,7 @@ def test_model_folders_are_listed_whole(zoo):
 
 def _zoo_set(pack, zoo, monkeypatch):
     monkeypatch.setenv("VPE_MODELS_DIR", str(zoo.models))
-    loader = pack.nodes.NODES_BY_ID["VPE_WanModelLoader"]
+    loader = pack.nodes.nodes_by_id()["VPE_WanModelLoader"]
     (models,) = loader.execute(zoo.file("wan22_i2v_high").name, zoo.file("wan22_i2v_low").name, zoo.file("umt5").name,
                             zoo.file("vae").name, "none", "fp32", "default")
     return models
@@ -123,7 +124,7 @@ def test_editor_node_matches_the_library_and_reports_adjustments(pack, zoo, monk
     from videoprior_edit.sampling.condition import denormalize_latents
 
     models = _zoo_set(pack, zoo, monkeypatch)
-    node = pack.nodes.NODES_BY_ID["VPE_IFEditImageToVideo"]
+    node = pack.nodes.nodes_by_id()["VPE_IFEditImageToVideo"]
     required = node.GET_NODE_INFO_V1()["input"]["required"]
     assert (required["frames"][1]["default"], required["steps"][1]["default"], required["tld_k"][1]["default"],
             required["tld_threshold"][1]["default"], required["scheduler"][1]["default"],
@@ -149,7 +150,7 @@ def test_lora_node_returns_a_new_set_and_leaves_the_input_alone(pack, zoo, monke
     from videoprior_edit.lora import wanted_loras
 
     models = _zoo_set(pack, zoo, monkeypatch)
-    node = pack.nodes.NODES_BY_ID["VPE_WanLoraLoader"]
+    node = pack.nodes.nodes_by_id()["VPE_WanLoraLoader"]
     assert zoo.file("lightning_high").name in node.GET_NODE_INFO_V1()["input"]["required"]["lora"][1]["options"]
     q = models.transformer.blocks[0].attn1.to_q.weight.clone()
     out = node.execute(models, zoo.file("lightning_high").name, 1.0, "high")
@@ -192,7 +193,7 @@ def test_library_warnings_are_shown_on_the_node(pack):
     quiet = host.reported(lambda: ("quiet",))()  # nothing said: no ui
     assert quiet.args == ("quiet",) and quiet.ui is None
     assert logging.getLogger("videoprior_edit").handlers == []
-    for cls in pack.nodes.NODES_BY_ID.values():
+    for cls in pack.nodes.nodes_by_id().values():
         assert getattr(cls.execute, "vpe_reported", False)
 
 

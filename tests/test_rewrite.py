@@ -485,7 +485,7 @@ def test_rewriter_node_lists_llm_folders_and_runs_each_backend(pack, zoo, monkey
     from videoprior_edit.models.wan import load_umt5
 
     monkeypatch.setenv("VPE_MODELS_DIR", str(zoo.models))
-    node = pack.nodes.NODES_BY_ID["VPE_PromptRewriter"]
+    node = pack.nodes.nodes_by_id()["VPE_PromptRewriter"]
     assert node.GET_SCHEMA().display_name == "Evolution Prompt Rewriter (IF-Edit)"
     inputs = node.GET_NODE_INFO_V1()["input"]
     choices = inputs["required"]["local_model"][1]["options"]
@@ -515,7 +515,7 @@ def test_rewriter_node_lists_llm_folders_and_runs_each_backend(pack, zoo, monkey
 def test_rewriter_node_talks_to_a_chat_server(pack, monkeypatch, caplog, capsys):
     monkeypatch.setenv(KEY_ENV, KEY)
     caplog.set_level(logging.DEBUG)
-    node = pack.nodes.NODES_BY_ID["VPE_PromptRewriter"]
+    node = pack.nodes.nodes_by_id()["VPE_PromptRewriter"]
     settings = {"api_model": "qwen2.5vl:7b", "api_key_env": KEY_ENV, "timeout": 5, "retries": 0}
     script = (_sse("A perfectly still video with enhanced clarity. A blue car."), _sse("<think>Hmm, the car"))
     with _ChatServer(*script) as server:

@@ -166,7 +166,7 @@ def test_still_latents_are_the_encoded_repeated_frame(wan22):
 
 
 def test_scpr_nodes(pack, wan22):
-    nodes = pack.nodes.NODES_BY_ID
+    nodes = pack.nodes.nodes_by_id()
     frames = _blurred_series(_pictures()[5])[[2, 0, 4]]
     frame, index, scores, plot = nodes["VPE_SharpestFrame"].execute(frames, "variance")
     assert index == 1 and torch.equal(frame[0], frames[1])

@@ -71,7 +71,7 @@ def test_teacher_needs_a_first_last_frame_model(i2v):
 
 
 def test_video4edit_nodes(pack, i2v, flf2v):
-    nodes = pack.nodes.NODES_BY_ID
+    nodes = pack.nodes.nodes_by_id()
     editor = nodes["VPE_TailFrameEditor"]
     spec = editor.GET_NODE_INFO_V1()["input"]["required"]
     assert (spec["frames"][1]["default"], spec["steps"][1]["default"], spec["cfg"][1]["default"],

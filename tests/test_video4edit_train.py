@@ -246,7 +246,7 @@ def test_lora_student_reloads_and_runs_in_the_editor_node(zoo, pack, i2v, lora_r
     down, up = (tensors[f"transformer.blocks.1.ffn.net.2.lora_{x}.weight"] for x in "AB")
     assert torch.allclose(student.transformer.blocks[1].ffn.net[2].weight - base, up @ down, atol=1e-6)
 
-    editor = pack.nodes.NODES_BY_ID["VPE_TailFrameEditor"]
+    editor = pack.nodes.nodes_by_id()["VPE_TailFrameEditor"]
     image = image_from_uint8(synthetic_source(64, 48))
     args = (image, "make the disc blue", "", 5, 2, 1.0, 5.0, "unipc", 0, False)
     edited, clip, _ = editor.execute(student, *args, max_side=0).args
@@ -270,7 +270,7 @@ def test_full_student_reloads_and_runs_in_the_editor_node(zoo, pack, flf2v, data
     trained = student.transformer.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in reloaded.transformer.state_dict().items())
     image = image_from_uint8(synthetic_source(64, 48))
-    node = pack.nodes.NODES_BY_ID["VPE_TailFrameEditor"]
+    node = pack.nodes.nodes_by_id()["VPE_TailFrameEditor"]
     edited = node.execute(reloaded, image, "make the disc blue", "", 5, 2, 1.0, 5.0, "unipc", 0, False,
                        max_side=0).args[0]
     direct = edit_tail_frame(student, image, "make the disc blue", "", 5, 2, 1.0, 5.0, "unipc", 0, max_side=0)

@@ -35,7 +35,7 @@ def pack_nodes() -> dict:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules[name].nodes.NODES_BY_ID
+    return sys.modules[name].nodes.nodes_by_id()
 
 
 def node_info(cls) -> dict:
@@ -77,9 +77,15 @@ def refresh_snapshot(url: str) -> Path:
     return path
 
 
-def schemas() -> dict:
+def pack_schemas() -> dict:
+    """The pack's nodes' /object_info entries by id."""
+    return {node_id: node_info(cls) for node_id, cls in pack_nodes().items()}
+
+
+def schemas(pack: dict | None = None) -> dict:
+    """Core node schemas (the snapshot) and the pack's (`pack`, else built now)."""
     core = {k: v for k, v in json.loads((HERE / "schemas" / "core_nodes.json").read_text()).items() if not k.startswith("_")}
-    return {**core, **{node_id: node_info(cls) for node_id, cls in pack_nodes().items()}}
+    return {**core, **(pack if pack is not None else pack_schemas())}
 
 
 class Column:
@@ -778,14 +784,14 @@ def help_page(node_id: str, info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_help_pages(out: Path) -> list[Path]:
-    """web/docs/<node id>.md for every node of the pack."""
+def write_help_pages(out: Path, pack: dict) -> list[Path]:
+    """web/docs/<node id>.md for every node of the pack (`pack`: their /object_info entries by id)."""
     folder = out / "web" / "docs"
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for node_id, cls in sorted(pack_nodes().items()):
+    for node_id, info in sorted(pack.items()):
         path = folder / f"{node_id}.md"
-        path.write_text(help_page(node_id, node_info(cls)))
+        path.write_text(help_page(node_id, info))
         written.append(path)
     return written
 
@@ -793,7 +799,8 @@ def write_help_pages(out: Path) -> list[Path]:
 def build(out: Path = REPO) -> list[Path]:
     """Write every workflow (UI file + thumbnail in out/example_workflows, its API twin of the same name in
     out/workflows/api) and every subgraph blueprint (out/subgraphs); returns the paths written."""
-    written, all_schemas = [], schemas()
+    pack = pack_schemas()
+    written, all_schemas = [], schemas(pack)
     for folder in ("example_workflows", "workflows/api", "subgraphs"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     for name, make in WORKFLOWS.items():
@@ -811,7 +818,7 @@ def build(out: Path = REPO) -> list[Path]:
         path = out / "subgraphs" / f"{name}.json"
         path.write_text(json.dumps(make(all_schemas), indent=1, ensure_ascii=False) + "\n")
         written.append(path)
-    return written + write_help_pages(out)
+    return written + write_help_pages(out, pack)
 
 
 if __name__ == "__main__":

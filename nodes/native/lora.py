@@ -2,10 +2,10 @@
 
 The library rewrites the LoRA in a layout ComfyUI's loader understands (`videoprior_edit.lora.original`: Wan's
 original names; FLUX's diffusers names, which ComfyUI's key map sends to its fused qkv / linear1 weights with row
-offsets and to the final layer with its scale/shift swap); ComfyUI's
-own `comfy.lora.load_lora` turns that into weight patches and `ModelPatcher.add_patches` puts them on a MODEL clone,
-exactly as core's LoraLoaderModelOnly does. So the patched weights equal core's wherever core reads the file, and
-DynamicVRAM, low-VRAM loading and other LoRA nodes treat them like core's.
+offsets and to the final layer with its scale/shift swap); ComfyUI's own `comfy.lora.load_lora` turns that into
+weight patches and `ModelPatcher.add_patches` puts them on a MODEL clone, exactly as core's LoraLoaderModelOnly does.
+So the patched weights equal core's wherever core reads the file, and DynamicVRAM, low-VRAM loading and other LoRA
+nodes treat them like core's.
 """
 
 from __future__ import annotations
