@@ -123,6 +123,14 @@ class ComfyServer:
             time.sleep(0.25)
         raise AssertionError("the graph did not finish:\n" + self.log_tail())
 
+    def run_script(self, script: str, *args: str) -> dict:
+        """Run tests/comfy_scripts/`script` in this ComfyUI's Python (its tree and this pack as arguments, then
+        `args`): the JSON object its last output line prints."""
+        done = subprocess.run([self.python, str(REPO / "tests" / "comfy_scripts" / script), str(self.source),
+                               str(REPO), *args], capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return json.loads(done.stdout.splitlines()[-1])
+
     def interrupt(self) -> None:
         """ComfyUI's Cancel button."""
         request = urllib.request.Request(self.url + "/interrupt", b"{}", {"Content-Type": "application/json"})

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = Path(__file__).resolve().parent / "comfy_scripts"
-
-
-def _run(comfy, script: str, *args: str) -> dict:
-    done = subprocess.run([comfy.python, str(SCRIPTS / script), str(comfy.source), str(REPO), *args],
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.splitlines()[-1])
-
 
 def test_byg_prediction_is_the_model_on_the_concatenated_sequence_built_by_hand(comfy, zoo):
     """The patched MODEL's prediction for the noisy tokens equals the unpatched Wan model run on [noisy, source]
     with the source at the same (or offset) temporal positions and the same (or zero) timestep, built by hand."""
-    diffs = _run(comfy, "byg_by_hand.py", str(zoo.file("wan21_t2v")))
+    diffs = comfy.run_script("byg_by_hand.py", str(zoo.file("wan21_t2v")))
     assert diffs["latent_shape"] == [1, 16, 3, 6, 8]
     for case in ("same/same", "same/zero", "offset/same", "offset/zero"):
         assert diffs[f"{case}/scale"] > 0.1
@@ -31,7 +17,7 @@ def test_imvideoedit_adapter_on_the_native_model(comfy, zoo, tmp_path):
     """Untrained (its added paths start at zero): the patched MODEL computes what the unpatched one does. Trained:
     the native patch (comfy.ops layers, ComfyUI's attention) computes what the library's adapter does on the
     diffusers model from the same file, within float error (two implementations of Wan attention)."""
-    diffs = _run(comfy, "imvideoedit_check.py", str(zoo.file("wan21_t2v")), str(tmp_path), str(zoo.file("wan21_i2v")))
+    diffs = comfy.run_script("imvideoedit_check.py", str(zoo.file("wan21_t2v")), str(tmp_path), str(zoo.file("wan21_i2v")))
     print(diffs)
     assert diffs["latent_shape"] == [1, 16, 3, 6, 8]
     assert diffs["untrained_vs_plain"] < 1e-5

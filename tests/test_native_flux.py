@@ -3,32 +3,18 @@ through the server of the session's `comfy` fixture)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = Path(__file__).resolve().parent / "comfy_scripts"
-
-
-def _run(comfy, script: str, *args: str) -> dict:
-    done = subprocess.run([comfy.python, str(SCRIPTS / script), str(comfy.source), str(REPO), *args],
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.splitlines()[-1])
-
 
 def test_flux_prediction_is_the_model_on_the_concatenated_tokens_built_by_hand(comfy, zoo):
     """The patched MODEL's prediction for the noisy tokens equals the unpatched Flux model run on [noisy, source]
     tokens with the ids built by hand: the noisy tokens' own ids ("byg") or the first channel set to 1 ("kontext").
     The library's `flux_velocity` (diffusers' FLUX, same file) agrees within float error (two implementations)."""
-    diffs = _run(comfy, "flux_by_hand.py", str(zoo.flux["transformer"]))
+    diffs = comfy.run_script("flux_by_hand.py", str(zoo.flux["transformer"]))
     print(diffs)
     assert diffs["latent_shape"] == [1, 16, 6, 8]
     for positions in ("byg", "kontext"):
