@@ -202,30 +202,37 @@ def test_shipped_workflow_loads(frontend, path, tmp_path):
     assert not wrong, f"{path.name}: widget values the frontend reads differently from the API twin: {wrong} ({shot})"
 
 
-def test_old_workflow_with_a_renamed_node_opens_migrated(frontend, tmp_path):
+def test_old_workflow_with_a_renamed_node_opens_migrated(browser, frontend, tmp_path):
     """A workflow saved before VPE_ImVideoEditAdapterNative became VPE_ImVideoEditAdapter: the frontend lists the old
     node under Swap Nodes (the pack's NodeReplace); Replace Node puts the new node in its place, and the graph then
-    makes exactly the shipped workflow's API prompt (widget values and links carried over)."""
+    makes exactly the shipped workflow's API prompt (widget values and links carried over). On a page of its own:
+    the errors panel this opens would narrow the canvas of the module's page for the tests after it."""
     old = json.loads((REPO / "tests" / "saved_workflows" / "imvideoedit_before_rename.json").read_text())
-    page = frontend.page
-    frontend.use_renderer(False)
-    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", old)
-    assert "VPE_ImVideoEditAdapterNative" in page.evaluate("() => app.graph._nodes.map((n) => n.type)")
-    page.get_by_text("View details").first.click()  # the error overlay: the graph has a node ComfyUI lacks
-    page.get_by_text("VPE_ImVideoEditAdapter", exact=False).first.wait_for()
-    shot = frontend.screenshot(tmp_path, "swap-offered")
-    page.get_by_role("button", name="Replace Node").first.click()
-    page.wait_for_function("() => app.graph._nodes.some((n) => n.type === 'VPE_ImVideoEditAdapter')")
-    frontend.screenshot(tmp_path, "swapped")
-    types = page.evaluate("() => app.graph._nodes.map((n) => n.type)")
+    own = Frontend(frontend.name, frontend.server, browser.new_page(viewport={"width": 1600, "height": 1000}))
+    page = own.page
+    try:
+        own.use_renderer(False)
+        page.evaluate("async (wf) => { await app.loadGraphData(wf); }", old)
+        assert "VPE_ImVideoEditAdapterNative" in page.evaluate("() => app.graph._nodes.map((n) => n.type)")
+        page.get_by_text("View details").first.click()  # the error overlay: the graph has a node ComfyUI lacks
+        page.get_by_text("VPE_ImVideoEditAdapter", exact=False).first.wait_for()
+        shot = own.screenshot(tmp_path, "swap-offered")
+        page.get_by_role("button", name="Replace Node").first.click()
+        page.wait_for_function("() => app.graph._nodes.some((n) => n.type === 'VPE_ImVideoEditAdapter')")
+        own.screenshot(tmp_path, "swapped")
+        types = page.evaluate("() => app.graph._nodes.map((n) => n.type)")
+        prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
+        errors = own.ours()
+    finally:  # the panel's open state is a saved setting: closed again for pages opened later
+        page.evaluate("(id) => app.extensionManager.setting.set(id, false)", "Comfy.RightSidePanel.IsOpen")
+        page.close()
     assert "VPE_ImVideoEditAdapterNative" not in types, shot
-    prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
     twin = json.loads((REPO / "workflows" / "api" / "ImVideoEdit video edit (Wan2.1-T2V adapter).json").read_text())
     assert {k: v["class_type"] for k, v in prompt.items()} == {k: v["class_type"] for k, v in twin.items()}, shot
     wrong = {f"{twin[i]['class_type']} #{i}.{name}": f"{value!r} -> {prompt[i]['inputs'].get(name, '<none>')!r}"
              for i in twin for name, value in twin[i]["inputs"].items() if prompt[i]["inputs"].get(name) != value}
     assert not wrong, f"values or links lost in the swap: {wrong} ({shot})"  # (LoadVideo's preview input aside)
-    assert not frontend.ours()
+    assert not errors
 
 
 def _overlaps(boxes: list[dict]) -> list[str]:
